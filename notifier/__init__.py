@@ -1,0 +1,48 @@
+"""notifier: run Pyramid resource-change listeners out of process, in Celery workers.
+
+Include it in a Pyramid application, either in code::
+
+    config.include("notifier")
+
+or in the ini file::
+
+    pyramid.includes = notifier
+
+Views then declare each change to a record::
+
+    request.notify_resource_changed("create", "article", article_id, new=article)
+
+Once the transaction commits (with pyramid_tm; without it, once the response is successful),
+every change is published as a Celery task message to the queue that the routing table picks
+from its resource_name and action, and runs in the workers' listeners (see the ``tasks``
+package). Nothing is published for a failed or rolled-back request, and a broker error never
+fails a request. Settings (all optional, see the README): ``notifier.broker_url``,
+``notifier.routes``, ``notifier.actions``, ``notifier.resources``, ``notifier.publish_timeout``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyramid.config import Configurator
+
+__all__ = ["includeme"]
+
+
+def includeme(config: Configurator) -> None:
+    """Parse the ``notifier.*`` settings, add the request method and the subscriber."""
+    # Imported here, not at the top: the worker side imports notifier.message and
+    # notifier.routing, and must not import Pyramid through this module.
+    from notifier.events import AfterResourceChanged
+    from notifier.publisher import CeleryPublisher
+    from notifier.request import notify_resource_changed
+    from notifier.settings import parse_settings
+    from notifier.subscriber import Subscriber
+
+    settings = parse_settings(config.get_settings())
+    publisher = CeleryPublisher(settings.broker_url, settings.publish_timeout)
+    config.registry["notifier.settings"] = settings
+    config.registry["notifier.publisher"] = publisher
+    config.add_request_method(notify_resource_changed, "notify_resource_changed")
+    config.add_subscriber(Subscriber(settings, publisher), AfterResourceChanged)

@@ -1,0 +1,37 @@
+"""The errors notifier raises, on both sides of the broker.
+
+This module imports nothing from Pyramid or Celery: the worker side uses it too.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigurationError", "ListenerError", "MalformedMessage", "NotifierError"]
+
+
+class NotifierError(Exception):
+    """Raised for nothing by itself: the root of every error notifier raises."""
+
+
+class ConfigurationError(NotifierError, ValueError):
+    """Raised at start-up when a setting has a value notifier cannot use.
+
+    The message names the setting, the value it was given and what is allowed.
+    """
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{key} = {value!r} is not valid: {allowed}")
+
+
+class MalformedMessage(NotifierError, ValueError):
+    """Raised when a message taken from a queue does not follow the wire contract."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ListenerError(NotifierError, TypeError):
+    """Raised when ``@listener`` is applied with arguments it cannot accept."""

@@ -1,0 +1,137 @@
+"""The wire contract: one JSON message per event, sent as a Celery task by name.
+
+The web side builds messages with :func:`encode`; the worker side reads them with
+:func:`decode`. Nothing here imports Pyramid or the worker side, so both can share it.
+
+A message, schema version 1::
+
+    {
+      "version": 1,
+      "event_id": "9f1c...",          # unique per message: duplicates are recognisable
+      "request_id": "4be0...",        # shared by every event of one request (one transaction)
+      "resource_name": "article",
+      "action": "create",
+      "payload": {...},               # Cliquet's payload, unchanged
+      "impacted_records": [{"new": {...}, "old": {...}}, ...],
+      "positions": [0, 3]             # each record's place in the request's chronological order
+    }
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from notifier.errors import MalformedMessage
+from notifier.events import ACTIONS
+
+__all__ = ["DISPATCH_TASK", "SCHEMA_VERSION", "Message", "decode", "encode"]
+
+#: The name of the worker task that receives every message.
+DISPATCH_TASK = "notifier.dispatch"
+#: The version of the message layout this code writes and reads.
+SCHEMA_VERSION = 1
+
+_ACTION_NAMES = frozenset(action.value for action in ACTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One event on the wire."""
+
+    event_id: str
+    request_id: str
+    resource_name: str
+    action: str
+    payload: dict[str, Any]
+    impacted_records: list[dict[str, Any]]
+    positions: list[int]
+    version: int = SCHEMA_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-ready form sent as the dispatch task's only argument."""
+        return {
+            "version": self.version,
+            "event_id": self.event_id,
+            "request_id": self.request_id,
+            "resource_name": self.resource_name,
+            "action": self.action,
+            "payload": self.payload,
+            "impacted_records": self.impacted_records,
+            "positions": self.positions,
+        }
+
+
+def encode(
+    payload: Mapping[str, Any],
+    impacted_records: Sequence[Mapping[str, Any]],
+    positions: Sequence[int],
+    request_id: str,
+) -> Message:
+    """Build the message of one event, with a new ``event_id``."""
+    return Message(
+        event_id=uuid.uuid4().hex,
+        request_id=request_id,
+        resource_name=payload["resource_name"],
+        action=payload["action"],
+        payload=dict(payload),
+        impacted_records=[dict(record) for record in impacted_records],
+        positions=list(positions),
+    )
+
+
+def decode(data: object) -> Message:
+    """Check that ``data`` is a message this code understands, and return it.
+
+    Raise :class:`MalformedMessage` with the reason otherwise. Kinto's name
+    ``impacted_objects`` is accepted for ``impacted_records``.
+    """
+    if not isinstance(data, Mapping):
+        raise MalformedMessage(f"a message is a JSON object, not {type(data).__name__}")
+    version = data.get("version")
+    if version != SCHEMA_VERSION:
+        raise MalformedMessage(
+            f"unknown schema version {version!r}: this worker reads version {SCHEMA_VERSION}"
+        )
+    records_key = "impacted_records" if "impacted_records" in data else "impacted_objects"
+    missing = [
+        key
+        for key in (
+            "event_id", "request_id", "resource_name", "action", "payload", records_key, "positions"
+        )
+        if key not in data
+    ]
+    if missing:
+        raise MalformedMessage(f"missing keys: {', '.join(missing)}")
+    payload = data["payload"]
+    records = data[records_key]
+    positions = data["positions"]
+    if not isinstance(payload, Mapping):
+        raise MalformedMessage("payload is not a JSON object")
+    for key in ("resource_name", "action"):
+        if not isinstance(data[key], str):
+            raise MalformedMessage(f"{key} is not a string")
+        if payload.get(key) != data[key]:
+            raise MalformedMessage(f"{key} {data[key]!r} differs from the payload's")
+    if data["action"] not in _ACTION_NAMES:
+        raise MalformedMessage(f"unknown action {data['action']!r}")
+    if not isinstance(records, list) or not all(isinstance(r, Mapping) for r in records):
+        raise MalformedMessage(f"{records_key} is not a list of JSON objects")
+    if not isinstance(positions, list) or len(positions) != len(records):
+        raise MalformedMessage(f"positions is not a list as long as {records_key}")
+    if not all(isinstance(p, int) for p in positions):
+        raise MalformedMessage("positions holds something other than integers")
+    for key in ("event_id", "request_id"):
+        if not isinstance(data[key], str) or not data[key]:
+            raise MalformedMessage(f"{key} is not a non-empty string")
+    return Message(
+        event_id=data["event_id"],
+        request_id=data["request_id"],
+        resource_name=data["resource_name"],
+        action=data["action"],
+        payload=dict(payload),
+        impacted_records=[dict(record) for record in records],
+        positions=positions,
+    )

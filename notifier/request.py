@@ -1,0 +1,95 @@
+"""``request.notify_resource_changed``: how a view declares a change, and when events fire.
+
+The changes of a request are merged into events (see :class:`notifier.events.EventBuffer`).
+With pyramid_tm, ``ResourceChanged`` fires just before the commit and ``AfterResourceChanged``
+just after a successful one. Without a transaction manager, both fire once the request produced
+a successful response. A failed or rolled-back request fires nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from notifier.events import (
+    ACTIONS,
+    AfterResourceChanged,
+    EventBuffer,
+    ResourceChanged,
+    make_payload,
+)
+
+if TYPE_CHECKING:
+    from pyramid.request import Request
+    from pyramid.response import Response
+
+__all__ = ["notify_resource_changed"]
+
+logger = logging.getLogger("notifier")
+
+_BUFFER = "notifier.events"
+
+
+def notify_resource_changed(
+    request: Request,
+    action: ACTIONS | str,
+    resource_name: str,
+    record_id: str | None = None,
+    *,
+    new: dict[str, Any] | None = None,
+    old: dict[str, Any] | None = None,
+    timestamp: int | None = None,
+) -> None:
+    """Declare that this request changed a record of ``resource_name``.
+
+    ``new`` is the record after the change (create, update; Kinto sends a tombstone for delete),
+    ``old`` the record before it (update, delete). ``timestamp`` defaults to the new record's
+    ``last_modified``, else to now, in milliseconds.
+    """
+    action = ACTIONS(action)
+    impacted: dict[str, dict[str, Any]] = {}
+    if new is not None:
+        impacted["new"] = new
+    if old is not None:
+        impacted["old"] = old
+    if not impacted:
+        raise ValueError(f"a {action.value} of {resource_name} needs new=, old= or both")
+    if timestamp is None and new is not None and isinstance(new.get("last_modified"), int):
+        timestamp = new["last_modified"]
+    payload = make_payload(request, action, resource_name, record_id, timestamp)
+    _buffer(request).add(payload, impacted)
+
+
+def _buffer(request: Request) -> EventBuffer:
+    buffer: EventBuffer | None = request.environ.get(_BUFFER)
+    if buffer is None:
+        buffer = request.environ[_BUFFER] = EventBuffer()
+        if request.environ.get("tm.active"):
+            transaction = request.tm.get()
+            transaction.addBeforeCommitHook(_before_commit, (request, buffer))
+            transaction.addAfterCommitHook(_after_commit, (request, buffer))
+        else:
+            request.add_response_callback(_after_response)
+    return buffer
+
+
+def _before_commit(request: Request, buffer: EventBuffer) -> None:
+    for event in buffer.events(ResourceChanged, request):
+        request.registry.notify(event)
+
+
+def _after_commit(succeeded: bool, request: Request, buffer: EventBuffer) -> None:
+    if not succeeded:
+        logger.info("transaction rolled back: %d changes not published", len(buffer))
+        return
+    for event in buffer.events(AfterResourceChanged, request):
+        request.registry.notify(event)
+
+
+def _after_response(request: Request, response: Response) -> None:
+    buffer: EventBuffer = request.environ[_BUFFER]
+    if request.exception is not None or response.status_int >= 400:
+        logger.info("request failed: %d changes not published", len(buffer))
+        return
+    _before_commit(request, buffer)
+    _after_commit(True, request, buffer)

@@ -1,0 +1,103 @@
+"""The ``notifier.*`` settings, parsed once at start-up into a frozen object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pyramid.settings import aslist
+
+from notifier.errors import ConfigurationError
+from notifier.events import ACTIONS
+from notifier.routing import RoutingTable
+
+__all__ = ["DEFAULTS", "NotifierSettings", "parse_settings"]
+
+PREFIX = "notifier."
+
+#: Every setting with its default, as written in an ini file. ``None``: read from the environment.
+DEFAULTS: dict[str, str | None] = {
+    "broker_url": None,  # $CELERY_BROKER_URL, else redis://localhost:6379/0
+    "routes": None,  # $NOTIFIER_ROUTES, else every message to the "notifier" queue
+    "actions": "create update delete",
+    "resources": "",  # empty: every resource
+    "publish_timeout": "0.5",
+}
+
+_BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "memory")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierSettings:
+    broker_url: str
+    routing: RoutingTable
+    actions: frozenset[ACTIONS]
+    resources: frozenset[str]  # empty: every resource
+    publish_timeout: float
+
+    def wants(self, resource_name: str, action: str) -> bool:
+        """Whether events about ``action`` on ``resource_name`` are published."""
+        return any(a.value == action for a in self.actions) and (
+            not self.resources or resource_name in self.resources
+        )
+
+
+def parse_settings(
+    settings: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> NotifierSettings:
+    """Read the ``notifier.*`` keys of ``settings``; raise :class:`ConfigurationError` on the first
+    bad or unknown one."""
+    environ = os.environ if environ is None else environ
+    unknown = sorted(
+        key for key in settings if key.startswith(PREFIX) and key[len(PREFIX) :] not in DEFAULTS
+    )
+    if unknown:
+        allowed = ", ".join(PREFIX + name for name in DEFAULTS)
+        raise ConfigurationError(unknown[0], settings[unknown[0]], f"known settings are {allowed}")
+
+    def raw(name: str) -> str:
+        value = settings.get(PREFIX + name, DEFAULTS[name])
+        return "" if value is None else str(value)
+
+    broker_url = raw("broker_url") or environ.get(
+        "CELERY_BROKER_URL", "redis://localhost:6379/0"
+    )
+    if urlsplit(broker_url).scheme not in _BROKER_SCHEMES:
+        raise ConfigurationError(
+            "notifier.broker_url", broker_url, f"a URL whose scheme is one of {_BROKER_SCHEMES}"
+        )
+
+    routes = raw("routes") or environ.get("NOTIFIER_ROUTES", "")
+    routing = RoutingTable.parse(routes, key="notifier.routes")
+
+    try:
+        actions = frozenset(ACTIONS.from_string_list(aslist(raw("actions"))))
+    except ValueError:
+        allowed = " ".join(action.value for action in ACTIONS)
+        raise ConfigurationError(
+            "notifier.actions", raw("actions"), f"a list of actions among: {allowed}"
+        ) from None
+    if not actions:
+        raise ConfigurationError("notifier.actions", raw("actions"), "at least one action")
+
+    resources = frozenset(aslist(raw("resources")))
+
+    try:
+        publish_timeout = float(raw("publish_timeout"))
+    except ValueError:
+        publish_timeout = -1.0
+    if not 0 < publish_timeout <= 60:
+        raise ConfigurationError(
+            "notifier.publish_timeout", raw("publish_timeout"), "a number of seconds in (0, 60]"
+        )
+
+    return NotifierSettings(
+        broker_url=broker_url,
+        routing=routing,
+        actions=actions,
+        resources=resources,
+        publish_timeout=publish_timeout,
+    )

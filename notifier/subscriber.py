@@ -1,0 +1,71 @@
+"""The subscriber: turns each committed ``AfterResourceChanged`` into a published message."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+from uuid import uuid4
+
+from notifier.events import AfterResourceChanged
+from notifier.message import Message, encode
+from notifier.settings import NotifierSettings
+
+__all__ = ["Publisher", "Subscriber"]
+
+logger = logging.getLogger("notifier")
+
+
+class Publisher(Protocol):
+    def publish(self, message: Message, queue: str) -> None: ...
+
+
+class Subscriber:
+    """Called by Pyramid with each ``AfterResourceChanged`` event.
+
+    It filters the event with ``notifier.actions`` and ``notifier.resources``, serialises it,
+    chooses its queue from the routing table and publishes it. It never raises: the transaction
+    is already committed, and a broker error must not fail the request.
+    """
+
+    def __init__(self, settings: NotifierSettings, publisher: Publisher) -> None:
+        self.settings = settings
+        self.publisher = publisher
+
+    def __call__(self, event: AfterResourceChanged) -> None:
+        resource_name = event.payload["resource_name"]
+        action = event.payload["action"]
+        if not self.settings.wants(resource_name, action):
+            return
+        message = encode(
+            event.payload,
+            event.impacted_records,
+            event.positions,
+            request_id=request_id(event.request),
+        )
+        queue = self.settings.routing.queue_for(resource_name, action)
+        try:
+            self.publisher.publish(message, queue)
+        except Exception:
+            # The boundary that must not fail: log with the event's identity, never raise.
+            logger.exception(
+                "could not publish event %s (%s %s %s, %d records) to queue %s",
+                message.event_id,
+                action,
+                resource_name,
+                event.payload.get("uri"),
+                len(event.impacted_records),
+                queue,
+            )
+        else:
+            logger.debug(
+                "published event %s (%s %s) to queue %s", message.event_id, action,
+                resource_name, queue,
+            )
+
+
+def request_id(request: object) -> str:
+    """The id shared by every message of one request, made once per request."""
+    environ = getattr(request, "environ", None)
+    if environ is None:
+        return uuid4().hex
+    return environ.setdefault("notifier.request_id", uuid4().hex)  # type: ignore[no-any-return]

@@ -1,0 +1,50 @@
+"""The worker side of notifier: the Celery app, ``@listener`` and the dispatch task.
+
+Start workers with ``celery -A tasks worker -l info`` (add ``-I mymodule`` to load a module of
+your own listeners, ``-Q`` to choose queues). Declare a listener::
+
+    from tasks import listener
+
+    @listener("article", actions=("create", "update"))
+    def index_article(event):
+        for change in event.impacted_records:
+            ...  # change["new"], change.get("old")
+
+This package never imports Pyramid: workers do not need it installed.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tasks.app import app
+from tasks.dead_letters import DeadLetter, DeadLetters
+from tasks.dispatch import dispatch, registry
+from tasks.event import Event
+from tasks.registry import Listener, Registry
+from tasks.search import SearchIndex, update_search_index
+
+__all__ = [
+    # the Celery app and its dispatch task
+    "app",
+    "dispatch",
+    # declaring listeners
+    "Event",
+    "Listener",
+    "Registry",
+    "listener",
+    "registry",
+    # built-in listeners
+    "SearchIndex",
+    "update_search_index",
+    # dead letters
+    "DeadLetter",
+    "DeadLetters",
+]
+
+#: Register a listener with this worker: ``@listener("article", actions=("create",))``.
+listener = registry.listener
+
+_search_resources = [name for name in re.split(r"[\s,]+", app.conf.notifier_search_resources) if name]
+if _search_resources:
+    listener(_search_resources, name="notifier.search_index")(update_search_index)

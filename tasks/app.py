@@ -1,0 +1,54 @@
+"""The Celery app of the workers, configured from the top-level ``celeryconfig`` module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Exchange, Queue
+
+from notifier.routing import RoutingTable
+
+__all__ = ["app", "consume", "routing"]
+
+app = Celery("tasks")
+app.config_from_object("celeryconfig")
+
+#: The routing table the web side uses too: the worker consumes every queue it names.
+routing = RoutingTable.parse(app.conf.notifier_routes, key="NOTIFIER_ROUTES")
+
+
+def _queue(name: str) -> Queue:
+    # The shape Celery gives a queue it creates on demand, so both sides declare the same one.
+    return Queue(name, Exchange(name), routing_key=name)
+
+
+app.conf.task_queues = [_queue(name) for name in [*routing.queues, app.conf.task_default_queue]]
+
+class _ListenerQueues:
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.chosen_on_command_line = False
+
+
+_listener_queues = _ListenerQueues()
+
+
+def consume(queue: str) -> None:
+    """Have workers consume ``queue`` (a listener's own) unless ``-Q`` chose their queues."""
+    _listener_queues.names.add(queue)
+
+
+@signals.celeryd_init.connect
+def _remember_queue_option(options: dict[str, Any], **kwargs: Any) -> None:
+    _listener_queues.chosen_on_command_line = bool(options.get("queues"))
+
+
+@signals.celeryd_after_setup.connect
+def _consume_listener_queues(instance: Any, **kwargs: Any) -> None:
+    # Listener modules loaded with -I are imported after the worker chose its queues, so their
+    # queues are added here, once every module is loaded. An explicit -Q is the operator's
+    # choice and wins.
+    if not _listener_queues.chosen_on_command_line:
+        for name in sorted(_listener_queues.names):
+            instance.app.amqp.queues.select_add(_queue(name))

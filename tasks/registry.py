@@ -1,0 +1,213 @@
+"""``@listener``: declare a worker-side listener of resource change events.
+
+A listener is a plain function taking an :class:`~tasks.event.Event`, or an existing Celery
+task whose function takes one. Each listener runs as its own Celery task, so it retries and
+fails on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from celery import Celery, Task
+
+from notifier.errors import ListenerError
+from notifier.events import ACTIONS
+from notifier.message import Message, decode
+from tasks.event import Event
+
+__all__ = ["DEFAULT_ACTIONS", "Listener", "Registry"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_ACTIONS = ("create", "update", "delete")
+_ACTION_NAMES = tuple(action.value for action in ACTIONS)
+_RESOURCE_NAME = re.compile(r"^(\*|[A-Za-z0-9_]+)$")
+
+#: The Celery task options a plain-function listener may set (see Celery's Task attributes).
+TASK_OPTIONS = frozenset(
+    {
+        "queue",
+        "max_retries",
+        "default_retry_delay",
+        "autoretry_for",
+        "dont_autoretry_for",
+        "retry_kwargs",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "rate_limit",
+        "time_limit",
+        "soft_time_limit",
+        "acks_late",
+        "reject_on_worker_lost",
+        "priority",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A registered listener: which events it wants, and the Celery task that runs it."""
+
+    name: str
+    resource_names: frozenset[str]  # {"*"}: every resource
+    actions: frozenset[str]
+    task: Task[Any, Any]
+
+    def wants(self, message: Message) -> bool:
+        return message.action in self.actions and (
+            "*" in self.resource_names or message.resource_name in self.resource_names
+        )
+
+
+def _as_event(argument: Event | Mapping[str, Any]) -> Event:
+    # A listener task receives the message (a dict); a direct call may pass an Event.
+    if isinstance(argument, Event):
+        return argument
+    return Event.from_message(decode(argument))
+
+
+class Registry:
+    """The listeners of one Celery app, by name."""
+
+    def __init__(self, app: Celery, on_new_queue: Callable[[str], None] = lambda name: None):
+        self.app = app
+        self.on_new_queue = on_new_queue
+        self._listeners: dict[str, Listener] = {}
+
+    def __iter__(self) -> Iterator[Listener]:
+        return iter(self._listeners.values())
+
+    def __len__(self) -> int:
+        return len(self._listeners)
+
+    def __getitem__(self, name: str) -> Listener:
+        return self._listeners[name]
+
+    def matching(self, message: Message) -> list[Listener]:
+        """The listeners that want ``message``, in the order they were registered."""
+        return [listener for listener in self._listeners.values() if listener.wants(message)]
+
+    @overload
+    def listener(self, function: F, /) -> F: ...
+
+    @overload
+    def listener(
+        self,
+        resource_names: str | Iterable[str] = "*",
+        /,
+        *,
+        actions: Iterable[str] = DEFAULT_ACTIONS,
+        name: str | None = None,
+        **task_options: Any,
+    ) -> Callable[[F], F]: ...
+
+    def listener(
+        self,
+        resource_names: Any = "*",
+        /,
+        *,
+        actions: Iterable[str] = DEFAULT_ACTIONS,
+        name: str | None = None,
+        **task_options: Any,
+    ) -> Any:
+        """Register a listener of the events on ``resource_names`` (``"*"``: all) and
+        ``actions`` (default create, update, delete; ``read`` only when named).
+
+        Used bare (``@listener``) or with arguments. On a plain function, ``task_options`` are
+        Celery task options (``queue``, ``max_retries``, ``rate_limit``...). Stacked on an
+        existing ``@app.task``, the task keeps its own options. The decorated object is
+        returned unchanged, still callable with an :class:`~tasks.event.Event`.
+        """
+        if callable(resource_names) and not isinstance(resource_names, str):
+            return self.listener()(resource_names)
+        resources = self._check_resources(resource_names)
+        wanted = self._check_actions(actions)
+        unknown = sorted(set(task_options) - TASK_OPTIONS)
+        if unknown:
+            raise ListenerError(
+                f"unknown listener options {unknown}: the Celery options accepted are "
+                f"{sorted(TASK_OPTIONS)}"
+            )
+
+        def register(function: F) -> F:
+            if isinstance(function, Task):
+                task = self._adopt_task(function, task_options)
+            else:
+                task = self._make_task(function, name, task_options)
+            listener_name = name or task.name
+            if listener_name in self._listeners:
+                raise ListenerError(
+                    f"a listener named {listener_name!r} is already registered: give this one "
+                    f"another name with @listener(..., name='...')"
+                )
+            self._listeners[listener_name] = Listener(listener_name, resources, wanted, task)
+            queue = getattr(task, "queue", None)
+            if queue:
+                self.on_new_queue(queue)
+            return function
+
+        return register
+
+    def _make_task(
+        self, function: Callable[..., Any], name: str | None, options: dict[str, Any]
+    ) -> Task[Any, Any]:
+        task_name = name or f"{function.__module__}.{function.__qualname__}"
+        if task_name in self.app.tasks:
+            raise ListenerError(
+                f"a Celery task named {task_name!r} exists already: give the listener another "
+                f"name with @listener(..., name='...')"
+            )
+
+        def run(message: Event | Mapping[str, Any]) -> Any:
+            return function(_as_event(message))
+
+        run.__name__ = function.__name__
+        run.__qualname__ = function.__qualname__
+        run.__module__ = function.__module__
+        run.__doc__ = function.__doc__
+        task: Task[Any, Any] = self.app.task(name=task_name, **options)(run)
+        return task
+
+    def _adopt_task(self, task: Task[Any, Any], options: dict[str, Any]) -> Task[Any, Any]:
+        if options:
+            raise ListenerError(
+                f"{task.name} is a Celery task: set {sorted(options)} on its @app.task(...) "
+                "instead of on @listener"
+            )
+        # The task's own run (and whatever Celery wrapped around it, like autoretry) receives
+        # an Event; what arrives from the queue is the message.
+        original_run = task.run
+
+        def run(message: Event | Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+            return original_run(_as_event(message), *args, **kwargs)
+
+        task.run = run  # type: ignore[method-assign]
+        return task
+
+    @staticmethod
+    def _check_resources(resource_names: str | Iterable[str]) -> frozenset[str]:
+        names = [resource_names] if isinstance(resource_names, str) else list(resource_names)
+        bad = [n for n in names if not isinstance(n, str) or not _RESOURCE_NAME.match(n)]
+        if not names or bad:
+            raise ListenerError(
+                f"bad resource names {bad or names!r}: use resource names like 'article', "
+                "or '*' for every resource"
+            )
+        return frozenset(names)
+
+    @staticmethod
+    def _check_actions(actions: Iterable[str]) -> frozenset[str]:
+        if isinstance(actions, str):
+            actions = [actions]
+        names = list(actions)
+        unknown = [a for a in names if a not in _ACTION_NAMES]
+        if unknown or not names:
+            raise ListenerError(
+                f"unknown actions {unknown or names!r}: use some of {', '.join(_ACTION_NAMES)}"
+            )
+        return frozenset(names)
