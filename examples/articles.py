@@ -124,8 +124,11 @@ def update_article(request: Request) -> dict[str, Any]:
 def delete_article(request: Request) -> dict[str, Any]:
     article = _article(request)
     old = article.as_record()
-    tombstone = {"id": article.id, "last_modified": max(_now_ms(), old["last_modified"] + 1),
-                 "deleted": True}
+    tombstone = {
+        "id": article.id,
+        "last_modified": max(_now_ms(), old["last_modified"] + 1),
+        "deleted": True,
+    }
     request.dbsession.delete(article)
     request.notify_resource_changed("delete", "article", new=tombstone, old=old)
     return {"data": tombstone}
@@ -187,7 +190,9 @@ def settings_from_environ(directory: str = ".") -> dict[str, str]:
         "sqlalchemy.url": os.environ.get(
             "ARTICLES_DATABASE_URL", f"sqlite:///{directory}/articles.sqlite3"
         ),
-        "search.index": os.environ.get("NOTIFIER_SEARCH_INDEX", f"{directory}/search-index.sqlite3"),
+        "search.index": os.environ.get(
+            "NOTIFIER_SEARCH_INDEX", f"{directory}/search-index.sqlite3"
+        ),
     }
 
 

@@ -99,7 +99,13 @@ def decode(data: object) -> Message:
     missing = [
         key
         for key in (
-            "event_id", "request_id", "resource_name", "action", "payload", records_key, "positions"
+            "event_id",
+            "request_id",
+            "resource_name",
+            "action",
+            "payload",
+            records_key,
+            "positions",
         )
         if key not in data
     ]

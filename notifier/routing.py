@@ -53,7 +53,9 @@ class RoutingTable:
             resource_name, dot, action = pattern.partition(".")
             if not (sep and dot and queue):
                 raise ConfigurationError(
-                    key, entry, "each route is <resource_name>.<action>=<queue>, e.g. article.*=articles"
+                    key,
+                    entry,
+                    "write a route as <resource_name>.<action>=<queue>, e.g. article.*=q",
                 )
             if not _RESOURCE_NAME.match(resource_name):
                 raise ConfigurationError(key, entry, "a resource name is letters, digits, _ or *")
@@ -76,7 +78,9 @@ class RoutingTable:
     def queues(self) -> list[str]:
         """Every queue a message can go to, the default one included, without repeats."""
         queues = [route.queue for route in self.routes]
-        if not any(route.matches("*", "*") and route.resource_name == route.action == "*"
-                   for route in self.routes):
+        if not any(
+            route.matches("*", "*") and route.resource_name == route.action == "*"
+            for route in self.routes
+        ):
             queues.append(DEFAULT_QUEUE)
         return list(dict.fromkeys(queues))

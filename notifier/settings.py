@@ -62,9 +62,7 @@ def parse_settings(
         value = settings.get(PREFIX + name, DEFAULTS[name])
         return "" if value is None else str(value)
 
-    broker_url = raw("broker_url") or environ.get(
-        "CELERY_BROKER_URL", "redis://localhost:6379/0"
-    )
+    broker_url = raw("broker_url") or environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
     if urlsplit(broker_url).scheme not in _BROKER_SCHEMES:
         raise ConfigurationError(
             "notifier.broker_url", broker_url, f"a URL whose scheme is one of {_BROKER_SCHEMES}"

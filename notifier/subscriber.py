@@ -58,8 +58,11 @@ class Subscriber:
             )
         else:
             logger.debug(
-                "published event %s (%s %s) to queue %s", message.event_id, action,
-                resource_name, queue,
+                "published event %s (%s %s) to queue %s",
+                message.event_id,
+                action,
+                resource_name,
+                queue,
             )
 
 

@@ -45,6 +45,8 @@ __all__ = [
 #: Register a listener with this worker: ``@listener("article", actions=("create",))``.
 listener = registry.listener
 
-_search_resources = [name for name in re.split(r"[\s,]+", app.conf.notifier_search_resources) if name]
+_search_resources = [
+    name for name in re.split(r"[\s,]+", app.conf.notifier_search_resources) if name
+]
 if _search_resources:
     listener(_search_resources, name="notifier.search_index")(update_search_index)

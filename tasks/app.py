@@ -25,6 +25,7 @@ def _queue(name: str) -> Queue:
 
 app.conf.task_queues = [_queue(name) for name in [*routing.queues, app.conf.task_default_queue]]
 
+
 class _ListenerQueues:
     def __init__(self) -> None:
         self.names: set[str] = set()

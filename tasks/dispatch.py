@@ -47,7 +47,7 @@ def fan_out(data: Any, registry: Registry, dead_letters: DeadLetters) -> list[st
     listeners = registry.matching(message)
     for listener in listeners:
         listener.task.apply_async(
-            args=[message.as_dict()], task_id=f"{message.event_id}:{listener.name}"
+            args=(message.as_dict(),), task_id=f"{message.event_id}:{listener.name}"
         )
     logger.info(
         "event %s (%s %s) sent to %d listeners: %s",

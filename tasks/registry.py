@@ -7,10 +7,11 @@ fails on its own.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 from celery import Celery, Task
 
@@ -74,7 +75,9 @@ def _as_event(argument: Event | Mapping[str, Any]) -> Event:
 class Registry:
     """The listeners of one Celery app, by name."""
 
-    def __init__(self, app: Celery, on_new_queue: Callable[[str], None] = lambda name: None):
+    def __init__(
+        self, app: Celery, on_new_queue: Callable[[str], None] = lambda name: None
+    ) -> None:
         self.app = app
         self.on_new_queue = on_new_queue
         self._listeners: dict[str, Listener] = {}
@@ -163,15 +166,15 @@ class Registry:
                 f"name with @listener(..., name='...')"
             )
 
+        @functools.wraps(function)
         def run(message: Event | Mapping[str, Any]) -> Any:
             return function(_as_event(message))
 
-        run.__name__ = function.__name__
-        run.__qualname__ = function.__qualname__
-        run.__module__ = function.__module__
-        run.__doc__ = function.__doc__
-        task: Task[Any, Any] = self.app.task(name=task_name, **options)(run)
-        return task
+        # Typed by hand: celery-types cannot tell which overload of app.task **options picks.
+        task_decorator = cast(
+            Callable[..., Callable[[Callable[..., Any]], Task[Any, Any]]], self.app.task
+        )
+        return task_decorator(name=task_name, **options)(run)
 
     def _adopt_task(self, task: Task[Any, Any], options: dict[str, Any]) -> Task[Any, Any]:
         if options:

