@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
 from examples.processes import CeleryWorker, RedisServer, WebApp, redis_server_binary, wait_until
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
@@ -49,8 +49,10 @@ def deployment_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture(scope="session")
-def worker(deployment_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWorker]:
-    """One worker with the built-in search index and the listeners of tests/integration/listeners.py."""
+def worker(
+    deployment_env: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CeleryWorker]:
+    """A worker with the search index and the listeners of tests/integration/listeners.py."""
     process = CeleryWorker(
         tmp_path_factory.mktemp("worker"), deployment_env, include="tests.integration.listeners"
     )
@@ -82,7 +84,9 @@ class Received:
             if title in (change.get("new", {}).get("title"), change.get("old", {}).get("title"))
         ]
 
-    def wait_for(self, listener: str, title: str, count: int = 1, timeout: float = 20) -> list[dict]:
+    def wait_for(
+        self, listener: str, title: str, count: int = 1, timeout: float = 20
+    ) -> list[dict]:
         wait_until(
             lambda: len(self.about(listener, title)) >= count,
             timeout,

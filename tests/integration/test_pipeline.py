@@ -104,7 +104,7 @@ def test_a_failing_listener_does_not_stop_another_on_the_same_event(
         10,
         "the failed listener's message reaching the dead letters",
     )
-    [letter] = [l for l in dead_letters if l.message["event_id"] == failed["event_id"]]
+    [letter] = [dead for dead in dead_letters if dead.message["event_id"] == failed["event_id"]]
     assert letter.listener == "tests.integration.listeners.fail_on_article_creation"
     assert letter.reason == "RuntimeError: this listener fails on every article creation"
 
@@ -150,7 +150,9 @@ def test_with_the_broker_down_the_write_request_still_succeeds(tmp_path):
         wait_until(
             lambda: "could not publish event" in web.output(), 5, "the publish failure logged"
         )
-        log_line = next(l for l in web.output().splitlines() if "could not publish event" in l)
+        log_line = next(
+            line for line in web.output().splitlines() if "could not publish event" in line
+        )
         assert "create article /articles" in log_line
         assert call("GET", f"{web.url}/articles/{created['data']['id']}")[0] == 200
     finally:
