@@ -28,6 +28,8 @@ class CeleryPublisher:
             broker_connection_timeout=timeout,
             broker_connection_retry=False,
             broker_transport_options={
+                # kombu otherwise retries a refused connection for about 2 s before raising.
+                "max_retries": 0,
                 "socket_connect_timeout": timeout,
                 "socket_timeout": timeout,
                 "retry_on_timeout": False,
