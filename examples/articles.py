@@ -13,7 +13,8 @@ workers' built-in search index listener keeps ``GET /search?q=`` up to date.
     GET    /search?q=words
 
 Run it with ``python -m examples.articles --port 6543`` (settings from the environment, see
-``settings_from_environ``), or from an ini file: ``pserve examples/articles.ini``.
+``settings_from_environ``), or from an ini file:
+``python -m pyramid.scripts.pserve examples/articles.ini``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def _article(request: Request) -> Article:
 @view_config(route_name="articles", request_method="POST", renderer="json")
 def create_article(request: Request) -> dict[str, Any]:
     fields = _fields(request, partial=False)
+    fields.setdefault("body", "")
     article_id = request.json_body.get("id") or uuid.uuid4().hex
     article = Article(id=str(article_id), last_modified=_now_ms(), **fields)
     request.dbsession.add(article)
