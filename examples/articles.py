@@ -144,6 +144,8 @@ def search(request: Request) -> dict[str, Any]:
     if not words or not os.path.exists(path):
         return {"data": []}
     with closing(sqlite3.connect(path, timeout=10)) as connection:
+        if not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'records'").fetchone():
+            return {"data": []}  # no worker has created the index yet
         rows = connection.execute(
             "SELECT r.record FROM records_fts JOIN records r ON r.id = records_fts.rowid "
             "WHERE records_fts MATCH ? AND r.resource_name = 'article' ORDER BY rank",

@@ -26,7 +26,9 @@ from tasks.event import Event
 
 __all__ = ["SearchIndex", "update_search_index"]
 
+# One transaction, so that a reader never sees half a schema.
 _SCHEMA = """
+BEGIN;
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY,
     resource_name TEXT NOT NULL,
@@ -50,6 +52,7 @@ CREATE TRIGGER IF NOT EXISTS records_au AFTER UPDATE ON records BEGIN
     INSERT INTO records_fts(records_fts, rowid, text) VALUES ('delete', old.id, old.text);
     INSERT INTO records_fts(rowid, text) VALUES (new.id, new.text);
 END;
+COMMIT;
 """
 
 
