@@ -69,10 +69,11 @@ def encode(
     impacted_records: Sequence[Mapping[str, Any]],
     positions: Sequence[int],
     request_id: str,
+    event_id: str | None = None,
 ) -> Message:
-    """Build the message of one event, with a new ``event_id``."""
+    """Build the message of one event; ``event_id`` defaults to a new unique id."""
     return Message(
-        event_id=uuid.uuid4().hex,
+        event_id=event_id or uuid.uuid4().hex,
         request_id=request_id,
         resource_name=payload["resource_name"],
         action=payload["action"],

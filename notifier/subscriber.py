@@ -32,24 +32,26 @@ class Subscriber:
         self.publisher = publisher
 
     def __call__(self, event: AfterResourceChanged) -> None:
-        resource_name = event.payload["resource_name"]
-        action = event.payload["action"]
-        if not self.settings.wants(resource_name, action):
+        resource_name = event.payload.get("resource_name")
+        action = event.payload.get("action")
+        if not self.settings.wants(str(resource_name), str(action)):
             return
-        message = encode(
-            event.payload,
-            event.impacted_records,
-            event.positions,
-            request_id=request_id(event.request),
-        )
-        queue = self.settings.routing.queue_for(resource_name, action)
+        event_id = uuid4().hex
+        queue = self.settings.routing.queue_for(str(resource_name), str(action))
         try:
+            message = encode(
+                event.payload,
+                event.impacted_records,
+                event.positions,
+                request_id=request_id(event.request),
+                event_id=event_id,
+            )
             self.publisher.publish(message, queue)
         except Exception:
             # The boundary that must not fail: log with the event's identity, never raise.
             logger.exception(
                 "could not publish event %s (%s %s %s, %d records) to queue %s",
-                message.event_id,
+                event_id,
                 action,
                 resource_name,
                 event.payload.get("uri"),
@@ -58,11 +60,7 @@ class Subscriber:
             )
         else:
             logger.debug(
-                "published event %s (%s %s) to queue %s",
-                message.event_id,
-                action,
-                resource_name,
-                queue,
+                "published event %s (%s %s) to queue %s", event_id, action, resource_name, queue
             )
 
 
