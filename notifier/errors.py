@@ -5,7 +5,13 @@ This module imports nothing from Pyramid or Celery: the worker side uses it too.
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "ListenerError", "MalformedMessage", "NotifierError"]
+__all__ = [
+    "ConfigurationError",
+    "ListenerError",
+    "ListenersNotSent",
+    "MalformedMessage",
+    "NotifierError",
+]
 
 
 class NotifierError(Exception):
@@ -35,3 +41,11 @@ class MalformedMessage(NotifierError, ValueError):
 
 class ListenerError(NotifierError, TypeError):
     """Raised when ``@listener`` is applied with arguments it cannot accept."""
+
+
+class ListenersNotSent(NotifierError):
+    """Raised by dispatch when the broker did not take the message for some listeners."""
+
+    def __init__(self, listeners: list[str]) -> None:
+        self.listeners = listeners
+        super().__init__(f"the message could not be sent to {', '.join(listeners)}")

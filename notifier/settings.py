@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from pyramid.settings import aslist
-
 from notifier.errors import ConfigurationError
 from notifier.events import ACTIONS
 from notifier.routing import RoutingTable
 
-__all__ = ["DEFAULTS", "NotifierSettings", "parse_settings"]
+__all__ = ["DEFAULTS", "NotifierSettings", "parse_settings", "split_names"]
 
 PREFIX = "notifier."
 
@@ -28,6 +27,12 @@ DEFAULTS: dict[str, str | None] = {
 }
 
 _BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "memory")
+_RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def split_names(value: str) -> list[str]:
+    """``"create update"``, ``"record, collection"`` or one name a line: the names, in order."""
+    return [name for name in re.split(r"[\s,]+", value) if name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,12 @@ def parse_settings(
 
     def raw(name: str) -> str:
         value = settings.get(PREFIX + name, DEFAULTS[name])
-        return "" if value is None else str(value)
+        if value is None:
+            return ""
+        # Settings set in code may be lists or numbers; an ini file gives strings.
+        if isinstance(value, list | tuple | set | frozenset):
+            return "\n".join(map(str, value))
+        return str(value)
 
     broker_url = raw("broker_url") or environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
     if urlsplit(broker_url).scheme not in _BROKER_SCHEMES:
@@ -72,7 +82,7 @@ def parse_settings(
     routing = RoutingTable.parse(routes, key="notifier.routes")
 
     try:
-        actions = frozenset(ACTIONS.from_string_list(aslist(raw("actions"))))
+        actions = frozenset(ACTIONS.from_string_list(split_names(raw("actions"))))
     except ValueError:
         allowed = " ".join(action.value for action in ACTIONS)
         raise ConfigurationError(
@@ -81,7 +91,15 @@ def parse_settings(
     if not actions:
         raise ConfigurationError("notifier.actions", raw("actions"), "at least one action")
 
-    resources = frozenset(aslist(raw("resources")))
+    resources = frozenset(split_names(raw("resources")))
+    bad = sorted(name for name in resources if not _RESOURCE_NAME.match(name))
+    if bad:
+        raise ConfigurationError(
+            "notifier.resources",
+            raw("resources"),
+            f"resource names are letters, digits and _, "
+            f"separated by spaces or commas; not {bad[0]!r}",
+        )
 
     try:
         publish_timeout = float(raw("publish_timeout"))

@@ -15,25 +15,23 @@ This package never imports Pyramid: workers do not need it installed.
 
 from __future__ import annotations
 
-import re
-
+from notifier.settings import split_names
+from tasks import dispatch as _dispatch  # noqa: F401  (registers the dispatch task)
 from tasks.app import app
+from tasks.app import registry as _registry
 from tasks.dead_letters import DeadLetter, DeadLetters
-from tasks.dispatch import dispatch, registry
 from tasks.event import Event
 from tasks.registry import Listener, Registry
 from tasks.search import SearchIndex, update_search_index
 
 __all__ = [
-    # the Celery app and its dispatch task
+    # the Celery app
     "app",
-    "dispatch",
     # declaring listeners
     "Event",
     "Listener",
     "Registry",
     "listener",
-    "registry",
     # built-in listeners
     "SearchIndex",
     "update_search_index",
@@ -43,10 +41,8 @@ __all__ = [
 ]
 
 #: Register a listener with this worker: ``@listener("article", actions=("create",))``.
-listener = registry.listener
+listener = _registry.listener
 
-_search_resources = [
-    name for name in re.split(r"[\s,]+", app.conf.notifier_search_resources) if name
-]
+_search_resources = split_names(app.conf.notifier_search_resources)
 if _search_resources:
     listener(_search_resources, name="notifier.search_index")(update_search_index)

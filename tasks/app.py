@@ -8,8 +8,9 @@ from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from notifier.routing import RoutingTable
+from tasks.registry import Registry
 
-__all__ = ["app", "consume", "routing"]
+__all__ = ["app", "consume", "registry", "routing"]
 
 app = Celery("tasks")
 app.config_from_object("celeryconfig")
@@ -53,3 +54,7 @@ def _consume_listener_queues(instance: Any, **kwargs: Any) -> None:
     if not _listener_queues.chosen_on_command_line:
         for name in sorted(_listener_queues.names):
             instance.app.amqp.queues.select_add(_queue(name))
+
+
+#: Every listener of this worker, registered by ``@tasks.listener``.
+registry = Registry(app, on_new_queue=consume)

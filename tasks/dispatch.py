@@ -8,23 +8,27 @@ failed its last attempt, end in the dead-letter store.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from functools import cache
 from typing import Any
 
-from celery import signals
+import redis
+from celery import Task, signals
+from kombu.exceptions import KombuError
 
-from notifier.errors import MalformedMessage
+from notifier.errors import ListenersNotSent, MalformedMessage
 from notifier.message import DISPATCH_TASK, decode
-from tasks.app import app, consume
+from tasks.app import app, registry
 from tasks.dead_letters import DeadLetters
 from tasks.registry import Registry
 
-__all__ = ["dead_letters", "dispatch", "fan_out", "registry"]
+__all__ = ["DISPATCH_RETRIES", "dead_letters", "dispatch", "fan_out"]
 
 logger = logging.getLogger("notifier")
 
-#: Every listener of this worker, registered by ``@listener``.
-registry = Registry(app, on_new_queue=consume)
+#: How often dispatch tries again to send a message the broker did not take (backoff: 1 s,
+#: 2 s, 4 s... at most 60 s apart, about 15 minutes in all).
+DISPATCH_RETRIES = 20
 
 
 @cache
@@ -33,10 +37,18 @@ def dead_letters() -> DeadLetters:
     return DeadLetters.from_url(app.conf.notifier_dead_letters_url)
 
 
-def fan_out(data: Any, registry: Registry, dead_letters: DeadLetters) -> list[str]:
-    """Send the message ``data`` to every listener of ``registry`` that wants it.
+def fan_out(
+    data: Any,
+    registry: Registry,
+    dead_letters: DeadLetters,
+    only: Collection[str] | None = None,
+) -> list[str]:
+    """Send the message ``data`` to every listener of ``registry`` that wants it (of those
+    named in ``only``, when given), and return their names.
 
-    Return the names of those listeners. A malformed message is dead-lettered with the reason.
+    A malformed message is dead-lettered with the reason. When the broker does not take the
+    message for some listeners, the others still get it, and :class:`ListenersNotSent` names
+    the ones that did not.
     """
     try:
         message = decode(data)
@@ -44,32 +56,48 @@ def fan_out(data: Any, registry: Registry, dead_letters: DeadLetters) -> list[st
         letter = dead_letters.add(exc.reason, data)
         logger.error("malformed message kept as dead letter %s: %s", letter.id, exc.reason)
         return []
-    listeners = registry.matching(message)
-    for listener in listeners:
-        listener.task.apply_async(
-            args=(message.as_dict(),), task_id=f"{message.event_id}:{listener.name}"
-        )
+    sent, not_sent = [], []
+    for listener in registry.matching(message):
+        if only is not None and listener.name not in only:
+            continue
+        # Without a queue of the listener's own, Celery routes the task (task_routes, else the
+        # default queue).
+        routing: dict[str, Any] = {"queue": listener.queue} if listener.queue else {}
+        try:
+            listener.task.apply_async(
+                args=(message.as_dict(),), task_id=f"{message.event_id}:{listener.name}", **routing
+            )
+        except (KombuError, redis.RedisError, OSError):
+            logger.exception("event %s not sent to listener %s", message.event_id, listener.name)
+            not_sent.append(listener.name)
+        else:
+            sent.append(listener.name)
     logger.info(
         "event %s (%s %s) sent to %d listeners: %s",
         message.event_id,
         message.action,
         message.resource_name,
-        len(listeners),
-        ", ".join(listener.name for listener in listeners) or "none",
+        len(sent),
+        ", ".join(sent) or "none",
     )
-    return [listener.name for listener in listeners]
+    if not_sent:
+        raise ListenersNotSent(not_sent)
+    return sent
 
 
-@app.task(name=DISPATCH_TASK)
-def dispatch(message: Any) -> list[str]:
-    """Run every listener that wants ``message``."""
-    return fan_out(message, registry, dead_letters())
+@app.task(name=DISPATCH_TASK, bind=True, max_retries=DISPATCH_RETRIES)
+def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) -> list[str]:
+    """Run every listener that wants ``message``; try again for those it could not reach."""
+    try:
+        return fan_out(message, registry, dead_letters(), only)
+    except ListenersNotSent as exc:
+        countdown = min(2**self.request.retries, 60)
+        raise self.retry(kwargs={"only": exc.listeners}, countdown=countdown, exc=exc) from None
 
 
 @signals.task_failure.connect
-def _keep_failed_listener_message(
+def _keep_failed_message(
     sender: Any = None,
-    task_id: str | None = None,
     exception: BaseException | None = None,
     args: Any = None,
     einfo: Any = None,
@@ -77,14 +105,19 @@ def _keep_failed_listener_message(
 ) -> None:
     # Sent once a task failed for good (its retries, if any, are spent).
     name = getattr(sender, "name", None)
-    listener = next((entry for entry in registry if entry.task.name == name), None)
-    if listener is None:
-        return
     message = args[0] if args else None
-    letter = dead_letters().add(
-        f"{type(exception).__name__}: {exception}",
-        message,
-        listener=listener.name,
-        traceback=str(einfo) if einfo is not None else None,
-    )
-    logger.error("listener %s failed for good: kept as dead letter %s", listener.name, letter.id)
+    traceback = str(einfo) if einfo is not None else None
+    if name == DISPATCH_TASK and isinstance(exception, ListenersNotSent):
+        failed = exception.listeners
+    else:
+        failed = [listener.name for listener in registry if listener.task.name == name]
+    for listener_name in failed:
+        letter = dead_letters().add(
+            f"{type(exception).__name__}: {exception}",
+            message,
+            listener=listener_name,
+            traceback=traceback,
+        )
+        logger.error(
+            "listener %s failed for good: kept as dead letter %s", listener_name, letter.id
+        )

@@ -31,7 +31,6 @@ _RESOURCE_NAME = re.compile(r"^(\*|[A-Za-z0-9_]+)$")
 #: The Celery task options a plain-function listener may set (see Celery's Task attributes).
 TASK_OPTIONS = frozenset(
     {
-        "queue",
         "max_retries",
         "default_retry_delay",
         "autoretry_for",
@@ -58,6 +57,7 @@ class Listener:
     resource_names: frozenset[str]  # {"*"}: every resource
     actions: frozenset[str]
     task: Task[Any, Any]
+    queue: str | None = None  # None: the task's route, else Celery's default queue
 
     def wants(self, message: Message) -> bool:
         return message.action in self.actions and (
@@ -106,6 +106,7 @@ class Registry:
         *,
         actions: Iterable[str] = DEFAULT_ACTIONS,
         name: str | None = None,
+        queue: str | None = None,
         **task_options: Any,
     ) -> Callable[[F], F]: ...
 
@@ -116,15 +117,17 @@ class Registry:
         *,
         actions: Iterable[str] = DEFAULT_ACTIONS,
         name: str | None = None,
+        queue: str | None = None,
         **task_options: Any,
     ) -> Any:
         """Register a listener of the events on ``resource_names`` (``"*"``: all) and
         ``actions`` (default create, update, delete; ``read`` only when named).
 
-        Used bare (``@listener``) or with arguments. On a plain function, ``task_options`` are
-        Celery task options (``queue``, ``max_retries``, ``rate_limit``...). Stacked on an
-        existing ``@app.task``, the task keeps its own options. The decorated object is
-        returned unchanged, still callable with an :class:`~tasks.event.Event`.
+        Used bare (``@listener``) or with arguments. ``queue`` is the queue of the listener's
+        tasks (default: Celery's ``task_default_queue``, ``notifier.listeners``). On a plain
+        function, ``task_options`` are Celery task options (``max_retries``, ``rate_limit``...).
+        Stacked on an existing ``@app.task``, the task keeps its own options. The decorated
+        object is returned unchanged, still callable with an :class:`~tasks.event.Event`.
         """
         if callable(resource_names) and not isinstance(resource_names, str):
             return self.listener()(resource_names)
@@ -133,8 +136,8 @@ class Registry:
         unknown = sorted(set(task_options) - TASK_OPTIONS)
         if unknown:
             raise ListenerError(
-                f"unknown listener options {unknown}: the Celery options accepted are "
-                f"{sorted(TASK_OPTIONS)}"
+                f"unknown listener options {unknown}: @listener takes actions, name, queue and "
+                f"the Celery task options {sorted(TASK_OPTIONS)}"
             )
 
         def register(function: F) -> F:
@@ -148,10 +151,10 @@ class Registry:
                     f"a listener named {listener_name!r} is already registered: give this one "
                     f"another name with @listener(..., name='...')"
                 )
-            self._listeners[listener_name] = Listener(listener_name, resources, wanted, task)
-            queue = getattr(task, "queue", None)
-            if queue:
-                self.on_new_queue(queue)
+            self._listeners[listener_name] = Listener(listener_name, resources, wanted, task, queue)
+            task_queue = queue or getattr(task, "queue", None)
+            if task_queue:
+                self.on_new_queue(task_queue)
             return function
 
         return register
@@ -174,7 +177,8 @@ class Registry:
         task_decorator = cast(
             Callable[..., Callable[[Callable[..., Any]], Task[Any, Any]]], self.app.task
         )
-        return task_decorator(name=task_name, **options)(run)
+        # Not shared: the task belongs to this registry's app, not to every app in the process.
+        return task_decorator(name=task_name, shared=False, **options)(run)
 
     def _adopt_task(self, task: Task[Any, Any], options: dict[str, Any]) -> Task[Any, Any]:
         if options:

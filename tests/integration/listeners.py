@@ -40,7 +40,7 @@ def fail_on_article_creation(event: Event) -> None:
     raise RuntimeError("this listener fails on every article creation")
 
 
-@listener("article", actions=("update",))
-@app.task(name="tests.record_updates_task", max_retries=0, queue="updates")
+@listener("article", actions=("update",), queue="updates")
+@app.task(name="tests.record_updates_task", max_retries=0)
 def record_updates_task(event: Event) -> None:
     _record("record_updates_task", event)

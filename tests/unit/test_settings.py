@@ -87,7 +87,7 @@ def test_a_broker_url_with_another_scheme_names_the_key_and_the_allowed_schemes(
 
 
 def test_a_bad_broker_url_from_the_environment_is_reported_too():
-    with pytest.raises(ConfigurationError, match="notifier.broker_url"):
+    with pytest.raises(ConfigurationError, match=r"notifier\.broker_url"):
         parse_settings({}, environ={"CELERY_BROKER_URL": "amqp://localhost//"})
 
 
@@ -191,6 +191,15 @@ def test_resources_filter_keeps_only_the_named_resources():
     assert settings.wants("record", "create")
     assert settings.wants("collection", "delete")
     assert not settings.wants("bucket", "create")
+
+
+def test_resources_may_be_separated_by_commas_like_routes():
+    # Routes and NOTIFIER_SEARCH_RESOURCES accept commas; read as "record," the filter would
+    # match no resource, and every record event would be dropped without a word.
+    settings = parse_settings({"notifier.resources": "record, collection"}, environ=NO_ENVIRON)
+
+    assert settings.wants("record", "create")
+    assert settings.wants("collection", "create")
 
 
 def test_no_resources_filter_means_every_resource():

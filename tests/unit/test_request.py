@@ -1,0 +1,517 @@
+"""request.notify_resource_changed through a real Pyramid app: what is published, and when.
+
+The publisher is the only fake: ``notifier.publisher.CeleryPublisher`` is replaced before
+``includeme`` builds it, so the real settings, subscriber, merging and pyramid_tm hooks run.
+"""
+
+import logging
+import socket
+import time
+
+import pytest
+from pyramid.config import Configurator
+from pyramid.httpexceptions import HTTPBadRequest
+from pyramid.response import Response
+from webtest import TestApp
+
+from notifier.events import AfterResourceChanged, ResourceChanged
+from notifier.message import decode
+
+
+class RecordingPublisher:
+    """Stands in for CeleryPublisher: keeps what would have been sent, and when."""
+
+    def __init__(self, broker_url, timeout, timeline=None):
+        self.broker_url = broker_url
+        self.timeout = timeout
+        self.timeline = [] if timeline is None else timeline
+        self.published = []
+
+    def publish(self, message, queue):
+        self.timeline.append(f"published {message.action}")
+        self.published.append((message, queue))
+
+    @property
+    def messages(self):
+        return [message for message, _ in self.published]
+
+
+class BrokenPublisher(RecordingPublisher):
+    """A publisher whose broker is down: it sees the message, then raises."""
+
+    def publish(self, message, queue):
+        self.published.append((message, queue))
+        raise ConnectionError("Error 111 connecting to localhost:6379. Connection refused.")
+
+
+class RecordingDataManager:
+    """A transaction participant that writes down when the transaction commits or aborts."""
+
+    def __init__(self, transaction_manager, timeline, fail_on_commit=False):
+        self.transaction_manager = transaction_manager
+        self.timeline = timeline
+        self.fail_on_commit = fail_on_commit
+        self.committed = False
+
+    def sortKey(self):  # the name transaction calls
+        return "recording"
+
+    def tpc_begin(self, transaction):
+        pass
+
+    def commit(self, transaction):
+        if self.fail_on_commit:
+            raise RuntimeError("the database refused the commit")
+
+    def tpc_vote(self, transaction):
+        pass
+
+    def tpc_finish(self, transaction):
+        self.committed = True
+        self.timeline.append("committed")
+
+    def tpc_abort(self, transaction):
+        self.timeline.append("aborted")
+
+    def abort(self, transaction):
+        # transaction also calls abort after a commit, to clean up: that is no abort.
+        if not self.committed:
+            self.timeline.append("aborted")
+
+
+def notify_create(request, article_id="a1"):
+    request.notify_resource_changed(
+        "create", "article", article_id, new={"id": article_id, "last_modified": 1700000000000}
+    )
+
+
+def join_recording_transaction(request, fail_on_commit=False):
+    manager = request.tm
+    manager.get().join(
+        RecordingDataManager(manager, request.registry["test.timeline"], fail_on_commit)
+    )
+
+
+def create_view(request):
+    if request.environ.get("tm.active"):
+        join_recording_transaction(request)
+    notify_create(request)
+    return Response("created", status=201)
+
+
+def batch_view(request):
+    """Delete x, re-create it, delete it again; then change an article elsewhere."""
+    request.notify_resource_changed("delete", "article", "x", old={"id": "x", "v": 1})
+    request.notify_resource_changed("create", "article", "x", new={"id": "x", "v": 2})
+    request.notify_resource_changed("delete", "article", "x", old={"id": "x", "v": 2})
+    request.notify_resource_changed(
+        "update", "comment", "c1", new={"id": "c1", "v": 2}, old={"id": "c1", "v": 1}
+    )
+    return Response("done")
+
+
+def raising_view(request):
+    notify_create(request)
+    raise RuntimeError("the view failed after notifying")
+
+
+def bad_request_view(request):
+    notify_create(request)
+    raise HTTPBadRequest()
+
+
+def error_status_view(request):
+    notify_create(request)
+    return Response("no", status=int(request.params["status"]))
+
+
+def doomed_view(request):
+    join_recording_transaction(request)
+    notify_create(request)
+    request.tm.doom()
+    return Response("doomed but fine")
+
+
+def failing_commit_view(request):
+    join_recording_transaction(request, fail_on_commit=True)
+    notify_create(request)
+    return Response("the commit will fail")
+
+
+def no_change_view(request):
+    return Response("nothing changed")
+
+
+def server_error_view(exc, request):
+    return Response("server error", status=500)
+
+
+def make_app(monkeypatch, *, transaction_manager=True, settings=None, publisher=RecordingPublisher):
+    """A Pyramid app including notifier; returns the WebTest app, the publisher and a timeline."""
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("NOTIFIER_ROUTES", raising=False)
+    timeline = []
+    monkeypatch.setattr(
+        "notifier.publisher.CeleryPublisher",
+        lambda broker_url, timeout: publisher(broker_url, timeout, timeline),
+    )
+    all_settings = {"tm.manager_hook": "pyramid_tm.explicit_manager", **(settings or {})}
+    with Configurator(settings=all_settings) as config:
+        if transaction_manager:
+            config.include("pyramid_tm")
+        config.include("notifier")
+        config.registry["test.timeline"] = timeline
+        config.registry["test.resource_changed"] = []
+
+        def record_resource_changed(event):
+            timeline.append(f"ResourceChanged {event.payload['action']}")
+            event.request.registry["test.resource_changed"].append(event)
+
+        config.add_subscriber(record_resource_changed, ResourceChanged)
+        for name, view in [
+            ("create", create_view),
+            ("batch", batch_view),
+            ("raise", raising_view),
+            ("bad-request", bad_request_view),
+            ("error-status", error_status_view),
+            ("doom", doomed_view),
+            ("failing-commit", failing_commit_view),
+            ("nothing", no_change_view),
+        ]:
+            config.add_route(name, f"/{name}")
+            config.add_view(view, route_name=name)
+        config.add_view(server_error_view, context=LookupError)
+        registry = config.registry
+    return TestApp(config.make_wsgi_app()), registry["notifier.publisher"], timeline
+
+
+# -- with pyramid_tm ---------------------------------------------------------------------------
+
+
+def test_a_committed_change_is_published_once_after_the_commit(monkeypatch):
+    app, publisher, timeline = make_app(monkeypatch)
+
+    app.post("/create", status=201)
+
+    assert timeline == ["ResourceChanged create", "committed", "published create"]
+    ((message, queue),) = publisher.published
+    assert queue == "notifier"
+    assert message.resource_name == "article"
+    assert message.action == "create"
+    assert message.payload["article_id"] == "a1"
+    assert message.payload["uri"] == "/create"
+    assert message.impacted_records == [{"new": {"id": "a1", "last_modified": 1700000000000}}]
+    assert message.positions == [0]
+
+
+def test_the_timestamp_defaults_to_the_new_records_last_modified(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch)
+
+    app.post("/create", status=201)
+
+    assert publisher.messages[0].payload["timestamp"] == 1700000000000
+
+
+def test_a_view_that_raises_after_notifying_publishes_nothing(monkeypatch):
+    app, publisher, timeline = make_app(monkeypatch)
+
+    with pytest.raises(RuntimeError, match="failed after notifying"):
+        app.post("/raise")
+
+    assert publisher.published == []
+    assert timeline == []
+
+
+def test_a_view_whose_error_is_rendered_by_an_exception_view_publishes_nothing(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch)
+
+    app.post("/bad-request", status=400)
+
+    assert publisher.published == []
+
+
+def test_a_doomed_transaction_publishes_nothing(monkeypatch):
+    app, publisher, timeline = make_app(monkeypatch)
+
+    app.post("/doom", status=200)
+
+    assert publisher.published == []
+    assert timeline == ["aborted"]
+
+
+def test_a_commit_that_fails_publishes_nothing(monkeypatch):
+    app, publisher, timeline = make_app(monkeypatch)
+
+    with pytest.raises(RuntimeError, match="refused the commit"):
+        app.post("/failing-commit")
+
+    assert publisher.published == []
+    assert timeline[0] == "ResourceChanged create"
+    assert "aborted" in timeline
+    assert "committed" not in timeline
+
+
+def test_a_transaction_vetoed_for_its_error_status_publishes_nothing(monkeypatch):
+    app, publisher, _ = make_app(
+        monkeypatch, settings={"tm.commit_veto": "pyramid_tm.default_commit_veto"}
+    )
+
+    app.post("/error-status?status=409", status=409)
+
+    assert publisher.published == []
+
+
+def test_resource_changed_fires_before_the_commit_with_the_same_merged_events(monkeypatch):
+    app, publisher, timeline = make_app(monkeypatch)
+
+    app.post("/batch")
+
+    resource_changed = app.app.registry["test.resource_changed"]
+    assert [
+        (event.payload, event.impacted_records, event.positions) for event in resource_changed
+    ] == [
+        (message.payload, message.impacted_records, message.positions)
+        for message in publisher.messages
+    ]
+    assert timeline.index("ResourceChanged delete") < timeline.index("published delete")
+
+
+def test_a_batch_is_merged_per_resource_and_action_and_keeps_its_order(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch)
+
+    app.post("/batch")
+
+    deleted, created, updated = publisher.messages
+    assert (deleted.resource_name, deleted.action) == ("article", "delete")
+    assert deleted.impacted_records == [{"old": {"id": "x", "v": 1}}, {"old": {"id": "x", "v": 2}}]
+    assert deleted.positions == [0, 2]
+    assert (created.resource_name, created.action) == ("article", "create")
+    assert created.positions == [1]
+    assert (updated.resource_name, updated.action) == ("comment", "update")
+    assert updated.impacted_records == [{"new": {"id": "c1", "v": 2}, "old": {"id": "c1", "v": 1}}]
+    assert updated.positions == [3]
+
+
+def test_the_messages_of_one_request_share_a_request_id_and_have_their_own_event_ids(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch)
+
+    app.post("/batch")
+    app.post("/create", status=201)
+
+    first_request, second_request = publisher.messages[:3], publisher.messages[3:]
+    assert len({message.request_id for message in first_request}) == 1
+    assert first_request[0].request_id != second_request[0].request_id
+    assert len({message.event_id for message in publisher.messages}) == 4
+
+
+def test_a_request_that_changes_nothing_publishes_nothing(monkeypatch):
+    app, publisher, timeline = make_app(monkeypatch)
+
+    app.get("/nothing")
+
+    assert publisher.published == []
+    assert timeline == []
+
+
+def test_each_request_publishes_only_its_own_changes(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch)
+
+    app.post("/create", status=201)
+    app.post("/create", status=201)
+
+    assert [len(message.impacted_records) for message in publisher.messages] == [1, 1]
+
+
+def test_messages_go_to_the_queue_of_the_routing_table(monkeypatch):
+    app, publisher, _ = make_app(
+        monkeypatch, settings={"notifier.routes": "article.*=articles *.update=updates"}
+    )
+
+    app.post("/batch")
+
+    assert [queue for _, queue in publisher.published] == ["articles", "articles", "updates"]
+
+
+def test_actions_left_out_of_notifier_actions_are_not_published(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch, settings={"notifier.actions": "create"})
+
+    app.post("/batch")
+
+    assert [message.action for message in publisher.messages] == ["create"]
+
+
+def test_resources_left_out_of_notifier_resources_are_not_published(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch, settings={"notifier.resources": "comment"})
+
+    app.post("/batch")
+
+    assert [message.resource_name for message in publisher.messages] == ["comment"]
+
+
+def test_filtered_out_events_still_fire_resource_changed(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch, settings={"notifier.resources": "comment"})
+
+    app.post("/batch")
+
+    assert len(app.app.registry["test.resource_changed"]) == 3
+    assert len(publisher.published) == 1
+
+
+def test_a_publisher_that_raises_does_not_fail_the_request_and_logs_the_event_id(
+    monkeypatch, caplog
+):
+    app, publisher, _ = make_app(monkeypatch, publisher=BrokenPublisher)
+
+    with caplog.at_level(logging.ERROR, logger="notifier"):
+        response = app.post("/create", status=201)
+
+    assert response.text == "created"
+    ((message, _),) = publisher.published
+    (record,) = [r for r in caplog.records if r.name == "notifier"]
+    assert record.levelno == logging.ERROR
+    assert message.event_id in record.getMessage()
+    assert "article" in record.getMessage()
+    assert record.exc_info is not None
+
+
+def test_the_publisher_is_built_from_the_settings(monkeypatch):
+    _, publisher, _ = make_app(
+        monkeypatch,
+        settings={"notifier.broker_url": "redis://broker:6379/5", "notifier.publish_timeout": "2"},
+    )
+
+    assert publisher.broker_url == "redis://broker:6379/5"
+    assert publisher.timeout == 2.0
+
+
+def test_a_bad_setting_fails_at_start_up(monkeypatch):
+    from notifier.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"notifier\.actions"):
+        make_app(monkeypatch, settings={"notifier.actions": "destroy"})
+
+
+# -- without a transaction manager ---------------------------------------------------------------
+
+
+def test_without_pyramid_tm_a_successful_response_publishes(monkeypatch):
+    app, publisher, timeline = make_app(monkeypatch, transaction_manager=False)
+
+    app.post("/create", status=201)
+
+    assert [message.action for message in publisher.messages] == ["create"]
+    assert timeline == ["ResourceChanged create", "published create"]
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 500, 503])
+def test_without_pyramid_tm_an_error_response_publishes_nothing(monkeypatch, status):
+    app, publisher, timeline = make_app(monkeypatch, transaction_manager=False)
+
+    app.post(f"/error-status?status={status}", status=status)
+
+    assert publisher.published == []
+    assert timeline == []
+
+
+def test_without_pyramid_tm_a_raised_http_error_publishes_nothing(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch, transaction_manager=False)
+
+    app.post("/bad-request", status=400)
+
+    assert publisher.published == []
+
+
+def test_without_pyramid_tm_an_unhandled_exception_publishes_nothing(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch, transaction_manager=False)
+
+    with pytest.raises(RuntimeError):
+        app.post("/raise")
+
+    assert publisher.published == []
+
+
+def test_without_pyramid_tm_a_batch_is_merged_the_same_way(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch, transaction_manager=False)
+
+    app.post("/batch")
+
+    assert [(m.action, m.positions) for m in publisher.messages] == [
+        ("delete", [0, 2]),
+        ("create", [1]),
+        ("update", [3]),
+    ]
+
+
+# -- the request method itself -------------------------------------------------------------------
+
+
+def test_a_change_without_new_or_old_is_refused(no_notifier_environ):
+    def view(request):
+        request.notify_resource_changed("create", "article", "a1")
+        return Response("unreachable")
+
+    with Configurator(settings={"notifier.broker_url": "memory://"}) as config:
+        config.include("notifier")
+        config.add_route("bad", "/bad")
+        config.add_view(view, route_name="bad")
+    app = TestApp(config.make_wsgi_app())
+
+    with pytest.raises(ValueError, match="needs new=, old= or both"):
+        app.post("/bad")
+
+
+def test_an_unknown_action_is_refused_when_notified(no_notifier_environ):
+    def view(request):
+        request.notify_resource_changed("destroy", "article", "a1", old={"id": "a1"})
+        return Response("unreachable")
+
+    with Configurator(settings={"notifier.broker_url": "memory://"}) as config:
+        config.include("notifier")
+        config.add_route("bad", "/bad")
+        config.add_view(view, route_name="bad")
+    app = TestApp(config.make_wsgi_app())
+
+    with pytest.raises(ValueError, match="destroy"):
+        app.post("/bad")
+
+
+def test_includeme_registers_the_subscriber_for_after_resource_changed(monkeypatch):
+    app, publisher, _ = make_app(monkeypatch)
+    registry = app.app.registry
+    event = AfterResourceChanged(
+        {"resource_name": "article", "action": "update", "uri": "/articles/a1"},
+        [{"new": {"id": "a1"}, "old": {"id": "a1"}}],
+    )
+
+    registry.notify(event)
+
+    assert [message.payload for message in publisher.messages] == [event.payload]
+    assert decode(publisher.messages[0].as_dict()) == publisher.messages[0]
+
+
+def test_a_hung_broker_neither_fails_nor_holds_up_a_write_request(monkeypatch, caplog):
+    monkeypatch.delenv("NOTIFIER_ROUTES", raising=False)
+    with socket.socket() as hung_broker:
+        hung_broker.bind(("127.0.0.1", 0))
+        hung_broker.listen(8)
+        host, port = hung_broker.getsockname()
+        settings = {
+            "notifier.broker_url": f"redis://{host}:{port}/0",
+            "notifier.publish_timeout": "0.25",
+            "tm.manager_hook": "pyramid_tm.explicit_manager",
+        }
+        with Configurator(settings=settings) as config:
+            config.include("pyramid_tm")
+            config.include("notifier")
+            config.add_route("create", "/create")
+            config.add_view(create_view, route_name="create")
+        config.registry["test.timeline"] = []
+        app = TestApp(config.make_wsgi_app())
+        started = time.monotonic()
+
+        with caplog.at_level(logging.ERROR, logger="notifier"):
+            app.post("/create", status=201)
+
+        assert time.monotonic() - started < 2
+        config.registry["notifier.publisher"].close()
+    assert "could not publish event" in caplog.text

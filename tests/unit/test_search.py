@@ -1,0 +1,240 @@
+"""tasks.search.SearchIndex: the built-in listener's full-text index, in a SQLite file."""
+
+import sqlite3
+
+import pytest
+
+from notifier.message import encode
+from tasks.event import Event
+from tasks.search import SearchIndex
+
+
+@pytest.fixture
+def index(tmp_path):
+    return SearchIndex(str(tmp_path / "search-index.sqlite3"))
+
+
+def event(action, impacted, resource_name="article", **parent):
+    payload = {
+        "timestamp": 1700000000000,
+        "action": action,
+        "uri": f"/{resource_name}s",
+        "user_id": None,
+        "resource_name": resource_name,
+        **parent,
+    }
+    message = encode(payload, impacted, list(range(len(impacted))), request_id="req-1")
+    return Event.from_message(message)
+
+
+def created(*records, **kwargs):
+    return event("create", [{"new": record} for record in records], **kwargs)
+
+
+def titles(records):
+    return sorted(record["title"] for record in records)
+
+
+PARIS = {"id": "a1", "title": "Spring in Paris", "body": "Cherry trees", "last_modified": 1}
+ROME = {"id": "a2", "title": "Summer in Rome", "body": "Hot streets", "last_modified": 2}
+
+
+def test_a_created_record_is_found_by_its_words(index):
+    index.apply(created(PARIS, ROME))
+
+    assert index.search("paris") == [PARIS]
+    assert index.search("cherry trees") == [PARIS]
+    assert titles(index.search("in")) == ["Spring in Paris", "Summer in Rome"]
+    assert len(index) == 2
+
+
+def test_every_word_of_the_query_must_appear(index):
+    index.apply(created(PARIS, ROME))
+
+    assert index.search("paris rome") == []
+
+
+def test_nested_string_values_are_searchable_but_ids_are_not(index):
+    record = {"id": "secret42", "title": "Notes", "meta": {"tags": ["gardening", "roses"]}}
+    index.apply(created(record))
+
+    assert index.search("roses") == [record]
+    assert index.search("secret42") == []
+
+
+def test_an_update_replaces_the_indexed_words(index):
+    index.apply(created(PARIS))
+    renamed = {**PARIS, "title": "Autumn in Lyon", "last_modified": 3}
+
+    index.apply(event("update", [{"new": renamed, "old": PARIS}]))
+
+    assert index.search("lyon") == [renamed]
+    assert index.search("paris") == []
+    assert len(index) == 1
+
+
+def test_an_update_of_a_record_never_seen_indexes_it(index):
+    index.apply(event("update", [{"new": ROME, "old": {**ROME, "title": "Rome"}}]))
+
+    assert index.search("summer") == [ROME]
+
+
+def test_a_delete_with_only_the_old_record_removes_it(index):
+    index.apply(created(PARIS, ROME))
+
+    index.apply(event("delete", [{"old": PARIS}]))
+
+    assert index.search("paris") == []
+    assert index.search("rome") == [ROME]
+    assert len(index) == 1
+
+
+def test_a_delete_with_a_tombstone_as_new_removes_the_record(index):
+    index.apply(created(PARIS))
+    tombstone = {"id": "a1", "last_modified": 5, "deleted": True}
+
+    index.apply(event("delete", [{"new": tombstone, "old": PARIS}]))
+
+    assert index.search("paris") == []
+    assert len(index) == 0
+
+
+def test_deleting_a_record_never_indexed_is_harmless(index):
+    index.apply(event("delete", [{"old": {"id": "ghost", "title": "Ghost"}}]))
+
+    assert len(index) == 0
+
+
+def test_changes_are_applied_in_their_order(index):
+    recreated = {**PARIS, "title": "Paris again", "last_modified": 4}
+
+    index.apply(
+        event(
+            "create",
+            [
+                {"new": PARIS},
+                {"new": {"id": "a1", "deleted": True}, "old": PARIS},
+                {"new": recreated},
+            ],
+        )
+    )
+
+    assert index.search("paris") == [recreated]
+
+
+def test_records_without_an_id_are_skipped(index):
+    index.apply(created({"title": "No id here"}))
+
+    assert len(index) == 0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        'paris"',
+        '"paris',
+        "paris AND",
+        "OR paris",
+        "NOT paris",
+        "paris*",
+        "NEAR(paris rome)",
+        "title:paris",
+        "^paris",
+        "(paris",
+        "paris -rome",
+        "'; DROP TABLE records; --",
+    ],
+)
+def test_a_query_with_fts_operators_or_quotes_does_not_raise(index, query):
+    index.apply(created(PARIS, ROME))
+
+    results = index.search(query)
+
+    assert isinstance(results, list)
+    assert len(index) == 2
+
+
+def test_operator_words_are_searched_as_plain_words(index):
+    record = {"id": "x", "title": "Cats AND dogs", "body": "NOT a NEAR miss"}
+    index.apply(created(record))
+
+    assert index.search("and") == [record]
+    assert index.search("NOT NEAR") == [record]
+
+
+@pytest.mark.parametrize("query", ["", "   ", "!!!", '""'])
+def test_a_query_without_words_finds_nothing(index, query):
+    index.apply(created(PARIS))
+
+    assert index.search(query) == []
+
+
+def test_records_of_different_parents_are_kept_apart(index):
+    in_c1 = {"id": "r1", "title": "Same id, first collection"}
+    in_c2 = {"id": "r1", "title": "Same id, second collection"}
+    index.apply(created(in_c1, resource_name="record", bucket_id="b1", collection_id="c1"))
+    index.apply(created(in_c2, resource_name="record", bucket_id="b1", collection_id="c2"))
+
+    assert len(index) == 2
+    assert titles(index.search("same id")) == [in_c1["title"], in_c2["title"]]
+
+    index.apply(
+        event(
+            "delete", [{"old": in_c1}], resource_name="record", bucket_id="b1", collection_id="c1"
+        )
+    )
+
+    assert index.search("same id") == [in_c2]
+
+
+def test_a_record_updated_at_its_own_url_is_the_record_created_in_its_collection(index):
+    record = {"id": "r1", "title": "Draft"}
+    index.apply(created(record, resource_name="record", bucket_id="b1", collection_id="c1"))
+    updated = {"id": "r1", "title": "Final"}
+
+    index.apply(
+        event(
+            "update",
+            [{"new": updated, "old": record}],
+            resource_name="record",
+            bucket_id="b1",
+            collection_id="c1",
+            record_id="r1",
+        )
+    )
+
+    assert index.search("draft") == []
+    assert index.search("final") == [updated]
+    assert len(index) == 1
+
+
+def test_records_of_different_resources_are_kept_apart(index):
+    article = {"id": "1", "title": "Shared words"}
+    comment = {"id": "1", "title": "Shared words too"}
+    index.apply(created(article, resource_name="article"))
+    index.apply(created(comment, resource_name="comment"))
+
+    assert index.search("shared", resource_name="comment") == [comment]
+    assert index.search("shared", resource_name="article") == [article]
+    assert len(index) == 2
+
+
+def test_the_index_survives_reopening(tmp_path):
+    path = str(tmp_path / "search-index.sqlite3")
+    SearchIndex(path).apply(created(PARIS))
+
+    assert SearchIndex(path).search("paris") == [PARIS]
+
+
+def test_readers_can_query_the_documented_schema_with_sql(index):
+    index.apply(created(PARIS, ROME))
+
+    with sqlite3.connect(index.path) as connection:
+        rows = connection.execute(
+            "SELECT r.record_id FROM records_fts JOIN records r ON r.id = records_fts.rowid "
+            "WHERE records_fts MATCH ? ORDER BY rank",
+            ('"rome"',),
+        ).fetchall()
+    connection.close()
+
+    assert rows == [("a2",)]

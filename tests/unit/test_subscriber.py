@@ -1,0 +1,151 @@
+"""notifier.subscriber.Subscriber: each committed event becomes one published message."""
+
+import logging
+
+import pytest
+
+from notifier.events import AfterResourceChanged
+from notifier.message import decode
+from notifier.settings import parse_settings
+from notifier.subscriber import Subscriber, request_id
+
+
+class RecordingPublisher:
+    def __init__(self):
+        self.published = []
+
+    def publish(self, message, queue):
+        self.published.append((message, queue))
+
+
+class BrokenPublisher:
+    def publish(self, message, queue):
+        raise ConnectionError("Connection refused")
+
+
+class FakeRequest:
+    def __init__(self):
+        self.environ = {}
+
+
+def subscriber(publisher, **settings):
+    return Subscriber(
+        parse_settings({f"notifier.{key}": value for key, value in settings.items()}, environ={}),
+        publisher,
+    )
+
+
+def after_commit(action="create", resource_name="article", records=None, request=None):
+    payload = {
+        "timestamp": 1700000000000,
+        "action": action,
+        "uri": f"/{resource_name}s",
+        "user_id": "basicauth:alice",
+        "resource_name": resource_name,
+    }
+    records = records if records is not None else [{"new": {"id": "a1", "title": "Hello"}}]
+    return AfterResourceChanged(payload, records, request or FakeRequest())
+
+
+def test_an_event_is_published_as_one_message_on_its_queue():
+    publisher = RecordingPublisher()
+    event = after_commit(records=[{"new": {"id": "a1"}}, {"new": {"id": "a2"}}])
+    event.positions = [0, 3]
+
+    subscriber(publisher, routes="article.*=articles")(event)
+
+    ((message, queue),) = publisher.published
+    assert queue == "articles"
+    assert decode(message.as_dict()) == message
+    assert message.payload == event.payload
+    assert message.impacted_records == event.impacted_records
+    assert message.positions == [0, 3]
+
+
+def test_events_left_out_by_the_settings_are_not_published():
+    publisher = RecordingPublisher()
+    listen = subscriber(publisher, actions="create update", resources="article")
+
+    listen(after_commit("delete"))
+    listen(after_commit("create", "comment"))
+    listen(after_commit("read"))
+    listen(after_commit("update"))
+
+    assert [(m.action, m.resource_name) for m, _ in publisher.published] == [("update", "article")]
+
+
+def test_read_events_are_published_when_asked():
+    publisher = RecordingPublisher()
+
+    subscriber(publisher, actions="read")(after_commit("read"))
+
+    assert [m.action for m, _ in publisher.published] == ["read"]
+
+
+def test_a_broker_error_is_logged_with_the_event_and_never_raised(caplog):
+    with caplog.at_level(logging.ERROR, logger="notifier"):
+        subscriber(BrokenPublisher())(after_commit())
+
+    (record,) = caplog.records
+    assert record.exc_info[0] is ConnectionError
+    assert "could not publish event" in record.getMessage()
+    assert "create article /articles, 1 records" in record.getMessage()
+    assert "queue notifier" in record.getMessage()
+
+
+def test_an_event_that_cannot_be_encoded_is_logged_and_never_raised(caplog):
+    publisher = RecordingPublisher()
+    event = after_commit(records=["not a change"])
+
+    with caplog.at_level(logging.ERROR, logger="notifier"):
+        subscriber(publisher)(event)
+
+    assert publisher.published == []
+    (record,) = caplog.records
+    assert "could not publish event" in record.getMessage()
+
+
+def test_the_logged_event_id_is_the_id_of_the_message_that_failed(caplog):
+    class SeeThenFail(RecordingPublisher):
+        def publish(self, message, queue):
+            super().publish(message, queue)
+            raise TimeoutError("Timeout reading from socket")
+
+    publisher = SeeThenFail()
+
+    with caplog.at_level(logging.ERROR, logger="notifier"):
+        subscriber(publisher)(after_commit())
+
+    ((message, _),) = publisher.published
+    assert message.event_id in caplog.records[0].getMessage()
+
+
+def test_events_of_one_request_share_its_request_id():
+    publisher = RecordingPublisher()
+    listen = subscriber(publisher)
+    request, other_request = FakeRequest(), FakeRequest()
+
+    listen(after_commit("create", request=request))
+    listen(after_commit("delete", request=request))
+    listen(after_commit("create", request=other_request))
+
+    first, second, third = (message for message, _ in publisher.published)
+    assert first.request_id == second.request_id
+    assert first.request_id != third.request_id
+    assert len({first.event_id, second.event_id, third.event_id}) == 3
+
+
+def test_an_event_without_a_request_gets_a_request_id_of_its_own():
+    assert request_id(None) != request_id(None)
+    assert request_id(object())
+
+
+@pytest.mark.parametrize("missing", ["resource_name", "action"])
+def test_an_event_without_resource_name_or_action_is_not_published(missing):
+    publisher = RecordingPublisher()
+    event = after_commit()
+    del event.payload[missing]
+
+    subscriber(publisher)(event)
+
+    assert publisher.published == []
