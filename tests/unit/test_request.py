@@ -445,9 +445,19 @@ def test_without_pyramid_tm_a_batch_is_merged_the_same_way(monkeypatch):
 # -- the request method itself -------------------------------------------------------------------
 
 
-def test_a_change_without_new_or_old_is_refused(no_notifier_environ):
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ({"action": "create", "new": None, "old": None}, "needs new=, old= or both"),
+        ({"action": "destroy", "new": None, "old": {"id": "a1"}}, "destroy"),
+    ],
+    ids=["without-new-or-old", "unknown-action"],
+)
+def test_a_bad_change_is_refused_when_notified(no_notifier_environ, arguments, error):
     def view(request):
-        request.notify_resource_changed("create", "article", "a1")
+        request.notify_resource_changed(
+            arguments["action"], "article", "a1", new=arguments["new"], old=arguments["old"]
+        )
         return Response("unreachable")
 
     with Configurator(settings={"notifier.broker_url": "memory://"}) as config:
@@ -456,22 +466,7 @@ def test_a_change_without_new_or_old_is_refused(no_notifier_environ):
         config.add_view(view, route_name="bad")
     app = TestApp(config.make_wsgi_app())
 
-    with pytest.raises(ValueError, match="needs new=, old= or both"):
-        app.post("/bad")
-
-
-def test_an_unknown_action_is_refused_when_notified(no_notifier_environ):
-    def view(request):
-        request.notify_resource_changed("destroy", "article", "a1", old={"id": "a1"})
-        return Response("unreachable")
-
-    with Configurator(settings={"notifier.broker_url": "memory://"}) as config:
-        config.include("notifier")
-        config.add_route("bad", "/bad")
-        config.add_view(view, route_name="bad")
-    app = TestApp(config.make_wsgi_app())
-
-    with pytest.raises(ValueError, match="destroy"):
+    with pytest.raises(ValueError, match=error):
         app.post("/bad")
 
 
