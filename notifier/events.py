@@ -148,19 +148,19 @@ class EventBuffer:
     replay [delete x, create x, delete x] in that order although it arrives as two events.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, first_position: int = 0) -> None:
         self._merged: dict[tuple[str, tuple[tuple[str, Any], ...], str], _Merged] = {}
-        self._count = 0
+        self._first = self.end = first_position
 
     def __len__(self) -> int:
-        return self._count
+        return self.end - self._first
 
     def add(self, payload: Payload, impacted_record: ImpactedRecord) -> None:
         key = (payload["resource_name"], parent_of(payload), payload["action"])
         merged = self._merged.setdefault(key, _Merged(payload))
         merged.impacted_records.append(impacted_record)
-        merged.positions.append(self._count)
-        self._count += 1
+        merged.positions.append(self.end)
+        self.end += 1
 
     def events(self, event_class: type[_Event], request: Any) -> list[_Event]:
         """One event per merged kind, in the order each kind first happened."""

@@ -61,15 +61,21 @@ def notify_resource_changed(
 
 
 def _buffer(request: Request) -> EventBuffer:
-    buffer: EventBuffer | None = request.environ.get(_BUFFER)
-    if buffer is None:
-        buffer = request.environ[_BUFFER] = EventBuffer()
-        if request.environ.get("tm.active"):
-            transaction = request.tm.get()
-            transaction.addBeforeCommitHook(_before_commit, (request, buffer))
-            transaction.addAfterCommitHook(_after_commit, (request, buffer))
-        else:
-            request.add_response_callback(_after_response)
+    # One buffer per transaction: a view that commits and begins another transaction publishes
+    # each one's changes when that one commits. Positions go on counting across them.
+    transaction = request.tm.get() if request.environ.get("tm.active") else None
+    current: tuple[Any, EventBuffer] | None = request.environ.get(_BUFFER)
+    if current is not None and current[0] is transaction:
+        return current[1]
+    buffer = EventBuffer(first_position=current[1].end if current else 0)
+    request.environ[_BUFFER] = (transaction, buffer)
+    if transaction is not None:
+        transaction.addBeforeCommitHook(_before_commit, (request, buffer))
+        transaction.addAfterCommitHook(_after_commit, (request, buffer))
+    else:
+        request.add_response_callback(
+            lambda request, response: _after_response(request, response, buffer)
+        )
     return buffer
 
 
@@ -86,8 +92,7 @@ def _after_commit(succeeded: bool, request: Request, buffer: EventBuffer) -> Non
         request.registry.notify(event)
 
 
-def _after_response(request: Request, response: Response) -> None:
-    buffer: EventBuffer = request.environ[_BUFFER]
+def _after_response(request: Request, response: Response, buffer: EventBuffer) -> None:
     if request.exception is not None or response.status_int >= 400:
         logger.info("request failed: %d changes not published", len(buffer))
         return

@@ -138,6 +138,19 @@ def failing_commit_view(request):
     return Response("the commit will fail")
 
 
+def two_transactions_view(request):
+    """Commit a first change, begin again, then fail after a second change."""
+    join_recording_transaction(request)
+    notify_create(request, "first")
+    request.tm.commit()
+    request.tm.begin()
+    join_recording_transaction(request)
+    notify_create(request, "second")
+    if request.params.get("fail"):
+        raise RuntimeError("the second transaction fails")
+    return Response("done")
+
+
 def no_change_view(request):
     return Response("nothing changed")
 
@@ -177,6 +190,7 @@ def make_app(monkeypatch, *, transaction_manager=True, settings=None, publisher=
             ("doom", doomed_view),
             ("failing-commit", failing_commit_view),
             ("nothing", no_change_view),
+            ("two-transactions", two_transactions_view),
         ]:
             config.add_route(name, f"/{name}")
             config.add_view(view, route_name=name)
@@ -186,6 +200,31 @@ def make_app(monkeypatch, *, transaction_manager=True, settings=None, publisher=
 
 
 # -- with pyramid_tm ---------------------------------------------------------------------------
+
+
+def test_each_transaction_of_a_request_publishes_its_own_changes_after_its_commit(monkeypatch):
+    app, publisher, timeline = make_app(monkeypatch)
+
+    app.post("/two-transactions")
+
+    assert timeline == [
+        "ResourceChanged create", "committed", "published create",
+        "ResourceChanged create", "committed", "published create",
+    ]  # fmt: skip
+    first, second = publisher.messages
+    assert [first.payload["article_id"], second.payload["article_id"]] == ["first", "second"]
+    assert (first.positions, second.positions) == ([0], [1])
+    assert first.request_id == second.request_id
+
+
+def test_a_request_whose_second_transaction_fails_publishes_only_the_first(monkeypatch):
+    app, publisher, timeline = make_app(monkeypatch)
+
+    with pytest.raises(RuntimeError, match="the second transaction fails"):
+        app.post("/two-transactions?fail=1")
+
+    assert [message.payload["article_id"] for message in publisher.messages] == ["first"]
+    assert timeline[-1] == "aborted"
 
 
 def test_a_committed_change_is_published_once_after_the_commit(monkeypatch):
