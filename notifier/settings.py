@@ -72,14 +72,20 @@ def parse_settings(
             return "\n".join(map(str, value))
         return str(value)
 
-    broker_url = raw("broker_url") or environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
+    # An error names where the value came from: the setting, or the environment variable.
+    broker_key, broker_url = "notifier.broker_url", raw("broker_url")
+    if not broker_url:
+        broker_key = "CELERY_BROKER_URL"
+        broker_url = environ.get(broker_key, "redis://localhost:6379/0")
     if urlsplit(broker_url).scheme not in _BROKER_SCHEMES:
         raise ConfigurationError(
-            "notifier.broker_url", broker_url, f"a URL whose scheme is one of {_BROKER_SCHEMES}"
+            broker_key, broker_url, f"a URL whose scheme is one of {', '.join(_BROKER_SCHEMES)}"
         )
 
-    routes = raw("routes") or environ.get("NOTIFIER_ROUTES", "")
-    routing = RoutingTable.parse(routes, key="notifier.routes")
+    routes_key, routes = "notifier.routes", raw("routes")
+    if not routes:
+        routes_key, routes = "NOTIFIER_ROUTES", environ.get("NOTIFIER_ROUTES", "")
+    routing = RoutingTable.parse(routes, key=routes_key)
 
     try:
         actions = frozenset(ACTIONS.from_string_list(split_names(raw("actions"))))

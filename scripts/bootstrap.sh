@@ -1,5 +1,6 @@
 # Sourced by the other scripts: creates .venv (Python 3.11 or newer) and installs the project
-# (with its web extra) and the dependency group named in $1 into it.
+# (with its web extra) and the dependency group named in $1 into it, from PyPI. A later run
+# installs again only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=${PYTHON:-python3}
@@ -8,6 +9,13 @@ if [ ! -x .venv/bin/python ]; then
         || { echo "notifier needs Python 3.11 or newer: set PYTHON=/path/to/python3.11" >&2; exit 1; }
     "$python" -m venv .venv
 fi
-# Dependency groups need pip 25.1 or newer.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=25.1"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --editable ".[web]" --group "$1"
+stamp=".venv/.installed-$1"
+wanted=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    echo "installing notifier and its '$1' dependencies into .venv..."
+    # Dependency groups need pip 25.1 or newer.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=25.1"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+        --editable ".[web]" --group "$1"
+    echo "$wanted" > "$stamp"
+fi

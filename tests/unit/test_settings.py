@@ -86,9 +86,14 @@ def test_a_broker_url_with_another_scheme_names_the_key_and_the_allowed_schemes(
     assert "memory" in message
 
 
-def test_a_bad_broker_url_from_the_environment_is_reported_too():
-    with pytest.raises(ConfigurationError, match=r"notifier\.broker_url"):
+def test_a_bad_broker_url_from_the_environment_names_the_environment_variable():
+    with pytest.raises(ConfigurationError, match=r"^CELERY_BROKER_URL = 'amqp://localhost//'"):
         parse_settings({}, environ={"CELERY_BROKER_URL": "amqp://localhost//"})
+
+
+def test_a_bad_routing_table_from_the_environment_names_the_environment_variable():
+    with pytest.raises(ConfigurationError, match=r"^NOTIFIER_ROUTES = 'article'"):
+        parse_settings({}, environ={"NOTIFIER_ROUTES": "article"})
 
 
 def test_actions_are_read_as_a_list():
