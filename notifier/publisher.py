@@ -1,4 +1,4 @@
-"""The producer: sends messages to the broker as Celery tasks, by name.
+"""The publisher: sends messages to the broker as Celery tasks, by name.
 
 The web side never imports the worker's code: it only knows the dispatch task's name.
 """
@@ -23,6 +23,9 @@ class CeleryPublisher:
         self.broker_url = broker_url
         self.app = Celery("notifier", broker=broker_url, set_as_current=False)
         self.app.conf.update(
+            # Celery's broker_url prefers $CELERY_BROKER_URL to the URL it is given; the write
+            # URL is what publishing uses, and it keeps the URL notifier's settings chose.
+            broker_write_url=broker_url,
             task_serializer="json",
             accept_content=["json"],
             broker_connection_timeout=timeout,

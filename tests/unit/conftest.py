@@ -15,8 +15,8 @@ def kinto_events(event_class=None):
     return [event for event in events if event_class in (None, event["event_class"])]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def no_notifier_environ(monkeypatch):
-    """Keep the process environment out of notifier's settings."""
+    """Keep the process environment out of notifier's settings and of Celery's broker URL."""
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     monkeypatch.delenv("NOTIFIER_ROUTES", raising=False)

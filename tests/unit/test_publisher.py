@@ -23,7 +23,8 @@ def message(record=None):
 
 
 def take(publisher, queue):
-    with publisher.app.connection_for_read() as connection:
+    # The connection the publisher wrote with, whatever the environment says.
+    with publisher.app.connection_for_write() as connection:
         simple_queue = connection.SimpleQueue(queue)
         try:
             received = simple_queue.get(timeout=1)
@@ -88,3 +89,14 @@ def test_an_absent_or_hung_broker_fails_the_publish_within_the_timeout(request, 
         publisher.close()
 
     assert time.monotonic() - started < 2
+
+
+def test_the_broker_url_given_wins_over_celery_broker_url_in_the_environment(monkeypatch):
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    publisher = CeleryPublisher("memory://", timeout=0.5)
+    try:
+        publisher.publish(message(), "articles")
+
+        assert decode(take(publisher, "articles").payload[0][0]).event_id
+    finally:
+        publisher.close()
