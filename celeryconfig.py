@@ -27,9 +27,9 @@ task_soft_time_limit = 240
 task_time_limit = 300
 broker_transport_options = {"visibility_timeout": 2 * task_time_limit}
 
-# Listener tasks go to this queue unless a listener names its own; event messages go to the
-# queues of the routing table.
-task_default_queue = "notifier.listeners"
+# The modules of listeners every worker imports (space or comma separated), so that all the
+# workers that dispatch events know the same listeners. `celery worker -I module` adds more.
+imports = os.environ.get("NOTIFIER_LISTENERS", "").replace(",", " ").split()
 
 # notifier's own settings (see the README).
 notifier_routes = os.environ.get("NOTIFIER_ROUTES", "")

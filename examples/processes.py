@@ -119,7 +119,6 @@ class CeleryWorker(Process):
         directory: Path,
         env: Mapping[str, str],
         *,
-        include: str | None = None,
         concurrency: int = 2,
         name: str = "worker",
     ) -> None:
@@ -128,8 +127,6 @@ class CeleryWorker(Process):
             "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
             "--without-mingle", "--without-gossip",
         ]  # fmt: skip
-        if include:
-            argv += ["-I", include]
         super().__init__(name, argv, directory / f"{name}.log", {**os.environ, **env})
         wait_until(self.ready, 60, f"{name} ready")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, signals
+from celery.utils.text import str_to_list
 from kombu import Exchange, Queue
 
 from notifier.routing import RoutingTable
@@ -24,35 +25,41 @@ def _queue(name: str) -> Queue:
     return Queue(name, Exchange(name), routing_key=name)
 
 
-app.conf.task_queues = [_queue(name) for name in [*routing.queues, app.conf.task_default_queue]]
+app.conf.task_queues = [_queue(name) for name in routing.queues]
 
 
 class _ListenerQueues:
     def __init__(self) -> None:
         self.names: set[str] = set()
         self.chosen_on_command_line = False
+        self.excluded: set[str] = set()
 
 
 _listener_queues = _ListenerQueues()
 
 
 def consume(queue: str) -> None:
-    """Have workers consume ``queue`` (a listener's own) unless ``-Q`` chose their queues."""
+    """Have workers consume ``queue`` (a listener's) unless ``-Q`` or ``-X`` say otherwise."""
     _listener_queues.names.add(queue)
 
 
 @signals.celeryd_init.connect
-def _remember_queue_option(options: dict[str, Any], **kwargs: Any) -> None:
+def _remember_queue_options(options: dict[str, Any], **kwargs: Any) -> None:
     _listener_queues.chosen_on_command_line = bool(options.get("queues"))
+    excluded = options.get("exclude_queues") or []
+    _listener_queues.excluded = set(
+        str_to_list(excluded) if isinstance(excluded, str) else excluded
+    )
 
 
 @signals.celeryd_after_setup.connect
 def _consume_listener_queues(instance: Any, **kwargs: Any) -> None:
     # Listener modules loaded with -I are imported after the worker chose its queues, so their
-    # queues are added here, once every module is loaded. An explicit -Q is the operator's
-    # choice and wins.
+    # queues are added here, once every module is loaded. A worker consumes the queue of every
+    # listener it has, and only those: it never takes a listener task it cannot run. An
+    # explicit -Q or -X is the operator's choice and wins.
     if not _listener_queues.chosen_on_command_line:
-        for name in sorted(_listener_queues.names):
+        for name in sorted(_listener_queues.names - _listener_queues.excluded):
             instance.app.amqp.queues.select_add(_queue(name))
 
 

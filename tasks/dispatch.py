@@ -60,12 +60,11 @@ def fan_out(
     for listener in registry.matching(message):
         if only is not None and listener.name not in only:
             continue
-        # Without a queue of the listener's own, Celery routes the task (task_routes, else the
-        # default queue).
-        routing: dict[str, Any] = {"queue": listener.queue} if listener.queue else {}
         try:
             listener.task.apply_async(
-                args=(message.as_dict(),), task_id=f"{message.event_id}:{listener.name}", **routing
+                args=(message.as_dict(),),
+                task_id=f"{message.event_id}:{listener.name}",
+                queue=listener.queue,
             )
         except (KombuError, redis.RedisError, OSError):
             logger.exception("event %s not sent to listener %s", message.event_id, listener.name)

@@ -20,11 +20,14 @@ from notifier.events import ACTIONS
 from notifier.message import Message, decode
 from tasks.event import Event
 
-__all__ = ["DEFAULT_ACTIONS", "Listener", "Registry"]
+__all__ = ["DEFAULT_ACTIONS", "LISTENER_QUEUE", "Listener", "Registry"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_ACTIONS = ("create", "update", "delete")
+#: The queue of a listener that names none: its own, so that only the workers that have the
+#: listener take its tasks.
+LISTENER_QUEUE = "notifier.listener.{name}"
 _ACTION_NAMES = tuple(action.value for action in ACTIONS)
 _RESOURCE_NAME = re.compile(r"^(\*|[A-Za-z0-9_]+)$")
 
@@ -57,7 +60,7 @@ class Listener:
     resource_names: frozenset[str]  # {"*"}: every resource
     actions: frozenset[str]
     task: Task[Any, Any]
-    queue: str | None = None  # None: the task's route, else Celery's default queue
+    queue: str
 
     def wants(self, message: Message) -> bool:
         return message.action in self.actions and (
@@ -124,7 +127,7 @@ class Registry:
         ``actions`` (default create, update, delete; ``read`` only when named).
 
         Used bare (``@listener``) or with arguments. ``queue`` is the queue of the listener's
-        tasks (default: Celery's ``task_default_queue``, ``notifier.listeners``). On a plain
+        tasks (default: ``notifier.listener.<name>``, one per listener). On a plain
         function, ``task_options`` are Celery task options (``max_retries``, ``rate_limit``...).
         Stacked on an existing ``@app.task``, the task keeps its own options. The decorated
         object is returned unchanged, still callable with an :class:`~tasks.event.Event`.
@@ -151,10 +154,13 @@ class Registry:
                     f"a listener named {listener_name!r} is already registered: give this one "
                     f"another name with @listener(..., name='...')"
                 )
-            self._listeners[listener_name] = Listener(listener_name, resources, wanted, task, queue)
-            task_queue = queue or getattr(task, "queue", None)
-            if task_queue:
-                self.on_new_queue(task_queue)
+            listener_queue = (
+                queue or getattr(task, "queue", None) or LISTENER_QUEUE.format(name=listener_name)
+            )
+            self._listeners[listener_name] = Listener(
+                listener_name, resources, wanted, task, listener_queue
+            )
+            self.on_new_queue(listener_queue)
             return function
 
         return register

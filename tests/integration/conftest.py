@@ -54,7 +54,8 @@ def worker(
 ) -> Iterator[CeleryWorker]:
     """A worker with the search index and the listeners of tests/integration/listeners.py."""
     process = CeleryWorker(
-        tmp_path_factory.mktemp("worker"), deployment_env, include="tests.integration.listeners"
+        tmp_path_factory.mktemp("worker"),
+        {**deployment_env, "NOTIFIER_LISTENERS": "tests.integration.listeners"},
     )
     yield process
     process.stop()

@@ -1,4 +1,4 @@
-"""Listeners loaded into the test worker with ``-I``: they record what they receive in Redis."""
+"""The test worker's listeners (NOTIFIER_LISTENERS): they record what they receive in Redis."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 
 import redis
+from celery import current_task
 
 from tasks import Event, app, listener
 
@@ -18,6 +19,7 @@ def _record(name: str, event: Event) -> None:
         json.dumps(
             {
                 "pid": os.getpid(),
+                "queue": current_task.request.delivery_info["routing_key"],
                 "event_id": event.event_id,
                 "resource_name": event.resource_name,
                 "action": event.action,

@@ -38,6 +38,7 @@ def test_a_created_article_reaches_the_listener_with_the_exact_payload(web, work
     [event] = received.wait_for("record_articles", title)
 
     assert event["pid"] != web.pid
+    assert event["queue"] == "notifier.listener.tests.integration.listeners.record_articles"
     assert event["payload"] == {
         "timestamp": article["last_modified"],
         "action": "create",
@@ -117,7 +118,7 @@ def test_a_celery_task_stacked_as_listener_runs_on_its_own_queue(web, worker, re
     [event] = received.wait_for("record_updates_task", title)
 
     assert event["action"] == "update"
-    assert "Task tests.record_updates_task[" in worker.output()
+    assert event["queue"] == "updates"
 
 
 def test_the_search_index_follows_creates_updates_and_deletes(web, worker):

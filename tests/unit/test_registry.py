@@ -191,10 +191,11 @@ def test_dispatch_sends_a_listener_task_to_its_own_queue(registry):
     assert sent == [("test_registry.sent_to_queue", "slow")]
 
 
-def test_a_listener_without_a_queue_reports_no_new_queue(registry, new_queues):
+def test_a_listener_without_a_queue_gets_one_of_its_own(registry, new_queues):
     registry.listener("article", name="test_registry.no_queue")(ignore)
 
-    assert new_queues == []
+    assert new_queues == ["notifier.listener.test_registry.no_queue"]
+    assert registry["test_registry.no_queue"].queue == "notifier.listener.test_registry.no_queue"
 
 
 @pytest.mark.parametrize("actions", [("destroy",), ("create", "Create"), ()])
