@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pyramid import threadlocal
+
 from notifier.events import (
     ACTIONS,
     AfterResourceChanged,
@@ -57,7 +59,23 @@ def notify_resource_changed(
     if timestamp is None and new is not None and isinstance(new.get("last_modified"), int):
         timestamp = new["last_modified"]
     payload = make_payload(request, action, resource_name, record_id, timestamp)
-    _buffer(request).add(payload, impacted)
+    _buffer(_outermost(request)).add(payload, impacted)
+
+
+def _outermost(request: Request) -> Request:
+    # A subrequest belongs to its parent's transaction: its changes are published when the
+    # parent's commit succeeds, never from the subrequest's own response. Batch views (Kinto's,
+    # Cornice's) set ``parent``; otherwise the parent is the first request on Pyramid's stack of
+    # request contexts, which invoke_subrequest pushes onto.
+    while getattr(request, "parent", None) is not None:
+        request = request.parent
+    if request.environ.get("tm.active"):
+        return request
+    for context in threadlocal.manager.stack:
+        first = context.get("request")
+        if first is not None and first is not request and first.environ.get("tm.active"):
+            return first
+    return request
 
 
 def _buffer(request: Request) -> EventBuffer:

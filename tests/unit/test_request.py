@@ -11,6 +11,7 @@ import time
 import pytest
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPBadRequest
+from pyramid.request import Request
 from pyramid.response import Response
 from webtest import TestApp
 
@@ -151,6 +152,19 @@ def two_transactions_view(request):
     return Response("done")
 
 
+def batch_of_subrequests_view(request):
+    """Create an article through a subrequest, as batch views do; then maybe fail."""
+    join_recording_transaction(request)
+    subrequest = Request.blank("/create", method="POST")
+    if request.params.get("parent"):
+        subrequest.parent = request
+    request.invoke_subrequest(subrequest, use_tweens=False)
+    request.timeline.append("subrequest answered")
+    if request.params.get("doom"):
+        request.tm.doom()
+    return Response("batch done")
+
+
 def no_change_view(request):
     return Response("nothing changed")
 
@@ -174,6 +188,7 @@ def make_app(monkeypatch, *, transaction_manager=True, settings=None, publisher=
             config.include("pyramid_tm")
         config.include("notifier")
         config.registry["test.timeline"] = timeline
+        config.add_request_method(lambda request: timeline, "timeline", reify=True)
         config.registry["test.resource_changed"] = []
 
         def record_resource_changed(event):
@@ -191,6 +206,7 @@ def make_app(monkeypatch, *, transaction_manager=True, settings=None, publisher=
             ("failing-commit", failing_commit_view),
             ("nothing", no_change_view),
             ("two-transactions", two_transactions_view),
+            ("subrequests", batch_of_subrequests_view),
         ]:
             config.add_route(name, f"/{name}")
             config.add_view(view, route_name=name)
@@ -215,6 +231,28 @@ def test_each_transaction_of_a_request_publishes_its_own_changes_after_its_commi
     assert [first.payload["article_id"], second.payload["article_id"]] == ["first", "second"]
     assert (first.positions, second.positions) == ([0], [1])
     assert first.request_id == second.request_id
+
+
+@pytest.mark.parametrize("parent", ["", "1"], ids=["invoke_subrequest", "parent-attribute"])
+def test_a_subrequest_change_is_published_after_the_parents_commit(monkeypatch, parent):
+    app, publisher, timeline = make_app(monkeypatch)
+
+    app.post(f"/subrequests?parent={parent}")
+
+    assert timeline == [
+        "subrequest answered", "ResourceChanged create", "committed", "published create"
+    ]  # fmt: skip
+    assert len(publisher.messages) == 1
+
+
+@pytest.mark.parametrize("parent", ["", "1"], ids=["invoke_subrequest", "parent-attribute"])
+def test_a_subrequest_change_is_not_published_when_the_parent_rolls_back(monkeypatch, parent):
+    app, publisher, timeline = make_app(monkeypatch)
+
+    app.post(f"/subrequests?parent={parent}&doom=1")
+
+    assert publisher.messages == []
+    assert timeline == ["subrequest answered", "aborted"]
 
 
 def test_a_request_whose_second_transaction_fails_publishes_only_the_first(monkeypatch):
