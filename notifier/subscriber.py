@@ -14,6 +14,8 @@ __all__ = ["Publisher", "Subscriber"]
 
 logger = logging.getLogger("notifier")
 
+_BROKER_FAILED = "notifier.broker_failed"
+
 
 class Publisher(Protocol):
     def publish(self, message: Message, queue: str) -> None: ...
@@ -34,10 +36,24 @@ class Subscriber:
     def __call__(self, event: AfterResourceChanged) -> None:
         resource_name = event.payload.get("resource_name")
         action = event.payload.get("action")
-        if not self.settings.wants(str(resource_name), str(action)):
+        if not isinstance(resource_name, str) or not isinstance(action, str):
+            logger.error("event not published: no resource_name and action in %r", event.payload)
+            return
+        if not self.settings.wants(resource_name, action):
             return
         event_id = uuid4().hex
-        queue = self.settings.routing.queue_for(str(resource_name), str(action))
+        queue = self.settings.routing.queue_for(resource_name, action)
+        identity = (
+            f"event {event_id} ({action} {resource_name} {event.payload.get('uri')}, "
+            f"{len(event.impacted_records)} records) to queue {queue}"
+        )
+        environ = getattr(event.request, "environ", None)
+        if environ is not None and environ.get(_BROKER_FAILED):
+            # One wait for a broker that failed is enough for a request.
+            logger.error(
+                "could not publish %s: the broker failed earlier in this request", identity
+            )
+            return
         try:
             message = encode(
                 event.payload,
@@ -49,19 +65,11 @@ class Subscriber:
             self.publisher.publish(message, queue)
         except Exception:
             # The boundary that must not fail: log with the event's identity, never raise.
-            logger.exception(
-                "could not publish event %s (%s %s %s, %d records) to queue %s",
-                event_id,
-                action,
-                resource_name,
-                event.payload.get("uri"),
-                len(event.impacted_records),
-                queue,
-            )
+            logger.exception("could not publish %s", identity)
+            if environ is not None:
+                environ[_BROKER_FAILED] = True
         else:
-            logger.debug(
-                "published event %s (%s %s) to queue %s", event_id, action, resource_name, queue
-            )
+            logger.debug("published %s", identity)
 
 
 def request_id(request: object) -> str:

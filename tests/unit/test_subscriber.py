@@ -141,11 +141,49 @@ def test_an_event_without_a_request_gets_a_request_id_of_its_own():
 
 
 @pytest.mark.parametrize("missing", ["resource_name", "action"])
-def test_an_event_without_resource_name_or_action_is_not_published(missing):
+def test_an_event_without_resource_name_or_action_is_logged_and_not_published(missing, caplog):
     publisher = RecordingPublisher()
     event = after_commit()
     del event.payload[missing]
 
-    subscriber(publisher)(event)
+    with caplog.at_level(logging.ERROR, logger="notifier"):
+        subscriber(publisher)(event)
 
     assert publisher.published == []
+    assert "event not published: no resource_name and action in {" in caplog.text
+
+
+class CountingBrokenPublisher(BrokenPublisher):
+    def __init__(self):
+        self.attempts = 0
+
+    def publish(self, message, queue):
+        self.attempts += 1
+        super().publish(message, queue)
+
+
+def test_after_a_broker_error_the_request_waits_for_the_broker_no_more(caplog):
+    publisher = CountingBrokenPublisher()
+    request = FakeRequest()
+    publish = subscriber(publisher)
+
+    with caplog.at_level(logging.ERROR, logger="notifier"):
+        for action in ("create", "update", "delete"):
+            publish(after_commit(action=action, request=request))
+
+    assert publisher.attempts == 1
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 3
+    assert "create article /articles" in lines[0]
+    assert lines[1].endswith("the broker failed earlier in this request")
+    assert "delete article /articles" in lines[2]
+
+
+def test_a_broker_error_in_one_request_does_not_stop_the_next_request_from_trying():
+    publisher = CountingBrokenPublisher()
+    publish = subscriber(publisher)
+
+    publish(after_commit(request=FakeRequest()))
+    publish(after_commit(request=FakeRequest()))
+
+    assert publisher.attempts == 2
