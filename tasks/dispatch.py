@@ -99,24 +99,28 @@ def _keep_failed_message(
     sender: Any = None,
     exception: BaseException | None = None,
     args: Any = None,
+    kwargs: Any = None,
     einfo: Any = None,
-    **kwargs: Any,
+    **signal_kwargs: Any,
 ) -> None:
     # Sent once a task failed for good (its retries, if any, are spent).
     name = getattr(sender, "name", None)
-    message = args[0] if args else None
-    traceback = str(einfo) if einfo is not None else None
-    if name == DISPATCH_TASK and isinstance(exception, ListenersNotSent):
-        failed = exception.listeners
+    failed: list[str | None]
+    if name == DISPATCH_TASK:
+        # The listeners dispatch could not reach; or none in particular, for a message that
+        # dispatch could not even take (wrong arguments, for one).
+        failed = list(exception.listeners) if isinstance(exception, ListenersNotSent) else [None]
     else:
         failed = [listener.name for listener in registry if listener.task.name == name]
+    if not failed:
+        return
+    # The message as it came, or the arguments it came with when they are not one message.
+    message = args[0] if args and len(args) == 1 else {"args": args, "kwargs": kwargs}
     for listener_name in failed:
         letter = dead_letters().add(
             f"{type(exception).__name__}: {exception}",
             message,
             listener=listener_name,
-            traceback=traceback,
+            traceback=str(einfo) if einfo is not None else None,
         )
-        logger.error(
-            "listener %s failed for good: kept as dead letter %s", listener_name, letter.id
-        )
+        logger.error("%s failed for good: kept as dead letter %s", listener_name or name, letter.id)

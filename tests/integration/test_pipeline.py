@@ -9,7 +9,10 @@ import urllib.request
 import uuid
 from typing import Any
 
+from celery import Celery
+
 from examples.processes import RedisServer, WebApp, wait_until
+from notifier.message import DISPATCH_TASK
 from tasks.dead_letters import DeadLetters
 
 
@@ -159,3 +162,25 @@ def test_with_the_broker_down_the_write_request_still_succeeds(tmp_path):
     finally:
         web.stop()
         broker.stop()
+
+
+def test_malformed_messages_end_in_the_dead_letters_and_the_worker_keeps_running(
+    web, worker, received, redis_client, redis_server
+):
+    sender = Celery("sender", broker=redis_server.url, set_as_current=False)
+    marker = uuid.uuid4().hex
+    sender.send_task(DISPATCH_TASK, args=[{"version": 99, "event_id": marker}], queue="notifier")
+    sender.send_task(DISPATCH_TASK, kwargs={"colour": marker}, queue="notifier")
+    sender.close()
+    dead_letters = DeadLetters(redis_client)
+
+    def kept() -> list:
+        return [letter for letter in dead_letters if marker in json.dumps(letter.message)]
+
+    wait_until(lambda: len(kept()) == 2, 10, "both malformed messages kept as dead letters")
+    reasons = sorted(letter.reason for letter in kept())
+    assert reasons[0].startswith("TypeError: ")
+    assert reasons[1] == "unknown schema version 99: this worker reads version 1"
+    title = unique("After the garbage")
+    call("POST", f"{web.url}/articles", {"title": title})
+    received.wait_for("record_articles", title)

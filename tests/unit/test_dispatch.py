@@ -280,9 +280,51 @@ def test_a_task_that_is_no_listener_is_not_dead_lettered_as_one(
 ):
     monkeypatch.setattr(dispatch_module, "registry", registry)
     monkeypatch.setattr(dispatch_module, "dead_letters", lambda: dead_letters)
+    other = Celery("other", broker="memory://").task(shared=False, name="other.task")(ignore)
 
     signals.task_failure.send(
-        sender=dispatch, task_id="x", exception=RuntimeError("boom"), args=[{}], einfo=None
+        sender=other, task_id="x", exception=RuntimeError("boom"), args=[{}], einfo=None
     )
 
     assert len(dead_letters) == 0
+
+
+def test_a_dispatch_that_failed_on_its_arguments_keeps_them_as_a_dead_letter(
+    monkeypatch, registry, dead_letters
+):
+    monkeypatch.setattr(dispatch_module, "registry", registry)
+    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: dead_letters)
+
+    signals.task_failure.send(
+        sender=dispatch,
+        task_id="x",
+        exception=TypeError("dispatch() got an unexpected keyword argument 'colour'"),
+        args=[],
+        kwargs={"colour": "blue"},
+        einfo=None,
+    )
+
+    (letter,) = dead_letters
+    assert letter.listener is None
+    assert letter.reason == "TypeError: dispatch() got an unexpected keyword argument 'colour'"
+    assert letter.message == {"args": [], "kwargs": {"colour": "blue"}}
+
+
+def test_a_listener_dispatch_could_not_reach_ends_in_the_dead_letters(
+    monkeypatch, registry, dead_letters
+):
+    monkeypatch.setattr(dispatch_module, "registry", registry)
+    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: dead_letters)
+    data = message()
+
+    signals.task_failure.send(
+        sender=dispatch,
+        task_id=data["event_id"],
+        exception=ListenersNotSent(["search.index", "mail.new_article"]),
+        args=[data],
+        kwargs={"only": ["search.index", "mail.new_article"]},
+        einfo=None,
+    )
+
+    assert [letter.listener for letter in dead_letters] == ["search.index", "mail.new_article"]
+    assert all(letter.message == data for letter in dead_letters)
