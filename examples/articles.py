@@ -148,7 +148,8 @@ def search(request: Request) -> dict[str, Any]:
             return {"data": []}  # no worker has created the index yet
         rows = connection.execute(
             "SELECT r.record FROM records_fts JOIN records r ON r.id = records_fts.rowid "
-            "WHERE records_fts MATCH ? AND r.resource_name = 'article' ORDER BY rank",
+            "WHERE records_fts MATCH ? AND r.resource_name = 'article' AND NOT r.deleted "
+            "ORDER BY rank",
             (words,),
         ).fetchall()
     return {"data": [json.loads(row[0]) for row in rows]}

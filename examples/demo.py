@@ -60,9 +60,7 @@ def main() -> int:
             "NOTIFIER_SEARCH_INDEX": str(directory / "search-index.sqlite3"),
             "NOTIFIER_SEARCH_RESOURCES": "article",
         }
-        # One worker process applies one article's changes in the order they were made; with
-        # more, a delete could overtake the create it follows.
-        worker = CeleryWorker(directory, env, concurrency=1)
+        worker = CeleryWorker(directory, env)
         stack.callback(worker.stop)
         print(f"worker: celery -A tasks worker (pid {worker.pid}) ready")
         web = WebApp(directory, env)

@@ -3,12 +3,14 @@
 Workers index the resources named in ``NOTIFIER_SEARCH_RESOURCES`` (space or comma separated)
 into the SQLite file ``NOTIFIER_SEARCH_INDEX``. Readers query it with SQL; the schema is::
 
-    records(id, resource_name, parent, record_id, last_modified, record, text)
-        one row per indexed record; record is its JSON, parent names where it lives
+    records(id, resource_name, parent, record_id, last_modified, deleted, record, text)
+        one row per record; record is its JSON, parent names where it lives; a deleted
+        record stays as a tombstone (deleted = 1, no text), so that an older change
+        arriving late cannot bring it back
     records_fts(text)  -- FTS5, content of records, rowid = records.id
 
 for example ``SELECT r.record FROM records_fts JOIN records r ON r.id = records_fts.rowid
-WHERE records_fts MATCH ? ORDER BY rank``.
+WHERE records_fts MATCH ? AND NOT r.deleted ORDER BY rank``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ CREATE TABLE IF NOT EXISTS records (
     parent TEXT NOT NULL,
     record_id TEXT NOT NULL,
     last_modified INTEGER,
+    deleted INTEGER NOT NULL DEFAULT 0,
     record TEXT NOT NULL,
     text TEXT NOT NULL,
     UNIQUE (resource_name, parent, record_id)
@@ -53,6 +56,19 @@ CREATE TRIGGER IF NOT EXISTS records_au AFTER UPDATE ON records BEGIN
     INSERT INTO records_fts(rowid, text) VALUES (new.id, new.text);
 END;
 COMMIT;
+"""
+
+
+# A row changes only for a newer version; on a tie, a delete wins.
+_UPSERT = """
+INSERT INTO records (resource_name, parent, record_id, last_modified, deleted, record, text)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (resource_name, parent, record_id) DO UPDATE SET
+    last_modified = excluded.last_modified, deleted = excluded.deleted,
+    record = excluded.record, text = excluded.text
+WHERE excluded.last_modified IS NULL OR records.last_modified IS NULL
+    OR excluded.last_modified > records.last_modified
+    OR (excluded.last_modified = records.last_modified AND excluded.deleted)
 """
 
 
@@ -97,38 +113,29 @@ class SearchIndex:
                 yield connection
 
     def apply(self, event: Event) -> None:
-        """Bring the index up to date with ``event``: its changes, in their order."""
+        """Bring the index up to date with ``event``.
+
+        A change is applied only if it is newer (``last_modified``) than what the index holds,
+        and a delete leaves a tombstone: events applied in any order, or twice, leave the index
+        as the last change left the record.
+        """
         parent = json.dumps(parent_of(event.payload))
+        rows = []
+        for change in event.impacted_records:
+            new, old = change.get("new") or {}, change.get("old") or {}
+            deleted = event.action == "delete" or bool(new.get("deleted"))
+            record_id = new.get("id", old.get("id"))
+            if record_id is None:
+                continue
+            if deleted:
+                version = new.get("last_modified", event.payload.get("timestamp"))
+                tombstone = {"id": record_id, "last_modified": version, "deleted": True}
+                row = (version, True, json.dumps(tombstone), "")
+            else:
+                row = (new.get("last_modified"), False, json.dumps(new), _text(new))
+            rows.append((event.resource_name, parent, str(record_id), *row))
         with self._connect() as connection:
-            for change in event.impacted_records:
-                new, old = change.get("new"), change.get("old")
-                deleted = event.action == "delete" or bool(new and new.get("deleted"))
-                record = old if deleted else new
-                if not record or "id" not in record:
-                    continue
-                if deleted:
-                    connection.execute(
-                        "DELETE FROM records WHERE resource_name = ? AND parent = ? "
-                        "AND record_id = ?",
-                        (event.resource_name, parent, str(record["id"])),
-                    )
-                else:
-                    connection.execute(
-                        "INSERT INTO records "
-                        "(resource_name, parent, record_id, last_modified, record, text) "
-                        "VALUES (?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (resource_name, parent, record_id) DO UPDATE SET "
-                        "last_modified = excluded.last_modified, record = excluded.record, "
-                        "text = excluded.text",
-                        (
-                            event.resource_name,
-                            parent,
-                            str(record["id"]),
-                            record.get("last_modified"),
-                            json.dumps(record),
-                            _text(record),
-                        ),
-                    )
+            connection.executemany(_UPSERT, rows)
 
     def search(self, query: str, resource_name: str | None = None) -> list[dict[str, Any]]:
         """The records whose text holds every word of ``query``, best match first."""
@@ -137,7 +144,7 @@ class SearchIndex:
             return []
         sql = (
             "SELECT r.record FROM records_fts JOIN records r ON r.id = records_fts.rowid "
-            "WHERE records_fts MATCH ?"
+            "WHERE records_fts MATCH ? AND NOT r.deleted"
         )
         parameters: list[Any] = [expression]
         if resource_name is not None:
@@ -149,7 +156,8 @@ class SearchIndex:
 
     def __len__(self) -> int:
         with self._connect() as connection:
-            return int(connection.execute("SELECT count(*) FROM records").fetchone()[0])
+            count = connection.execute("SELECT count(*) FROM records WHERE NOT deleted")
+            return int(count.fetchone()[0])
 
 
 @cache

@@ -113,13 +113,57 @@ def test_changes_are_applied_in_their_order(index):
             "create",
             [
                 {"new": PARIS},
-                {"new": {"id": "a1", "deleted": True}, "old": PARIS},
+                {"new": {"id": "a1", "deleted": True, "last_modified": 3}, "old": PARIS},
                 {"new": recreated},
             ],
         )
     )
 
     assert index.search("paris") == [recreated]
+
+
+def test_an_older_version_arriving_late_does_not_replace_a_newer_one(index):
+    newer = {**PARIS, "title": "Autumn in Paris", "last_modified": 5}
+    index.apply(event("update", [{"new": newer, "old": PARIS}]))
+
+    index.apply(created(PARIS))
+
+    assert index.search("paris") == [newer]
+
+
+def test_a_create_arriving_after_its_delete_does_not_bring_the_record_back(index):
+    index.apply(event("delete", [{"new": {"id": "a1", "deleted": True, "last_modified": 2}}]))
+
+    index.apply(created(PARIS))
+
+    assert index.search("paris") == []
+    assert len(index) == 0
+
+
+def test_delete_recreate_delete_ends_deleted_whichever_event_comes_first(index):
+    # Kinto and notifier deliver [delete x, create x, delete x] as two events.
+    deletes = event(
+        "delete",
+        [
+            {"new": {"id": "a1", "deleted": True, "last_modified": 2}, "old": PARIS},
+            {"new": {"id": "a1", "deleted": True, "last_modified": 4}},
+        ],
+    )
+    recreate = created({**PARIS, "last_modified": 3})
+
+    index.apply(deletes)
+    index.apply(recreate)
+
+    assert index.search("paris") == []
+
+
+def test_a_record_created_again_after_its_delete_is_found(index):
+    index.apply(created(PARIS))
+    index.apply(event("delete", [{"new": {"id": "a1", "deleted": True, "last_modified": 2}}]))
+
+    index.apply(created({**PARIS, "last_modified": 3}))
+
+    assert titles(index.search("paris")) == ["Spring in Paris"]
 
 
 def test_records_without_an_id_are_skipped(index):
