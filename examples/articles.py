@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -90,7 +91,9 @@ def create_article(request: Request) -> dict[str, Any]:
     fields = _fields(request, partial=False)
     fields.setdefault("body", "")
     article_id = request.json_body.get("id") or uuid.uuid4().hex
-    article = Article(id=str(article_id), last_modified=_now_ms(), **fields)
+    if not isinstance(article_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", article_id):
+        raise HTTPBadRequest(json={"error": "an id is 1 to 64 letters, digits, - and _"})
+    article = Article(id=article_id, last_modified=_now_ms(), **fields)
     request.dbsession.add(article)
     request.notify_resource_changed("create", "article", article.id, new=article.as_record())
     request.response.status_code = 201

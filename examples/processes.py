@@ -55,6 +55,14 @@ class Process:
             argv, stdout=self._log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=ROOT
         )
 
+    def wait_until_ready(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        """Wait for ``ready``; stop the process if it never is, so that nothing is left behind."""
+        try:
+            wait_until(ready, timeout, what)
+        except BaseException:
+            self.stop()
+            raise
+
     @property
     def pid(self) -> int:
         return self.popen.pid
@@ -78,7 +86,8 @@ class Process:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
-        self._log_file.close()
+        if not self._log_file.closed:
+            self._log_file.close()
 
     def check_alive(self) -> None:
         if not self.alive():
@@ -99,7 +108,7 @@ class RedisServer(Process):
             "--appendonly", "no", "--dir", str(directory),
         ]  # fmt: skip
         super().__init__("redis-server", argv, directory / f"redis-{self.port}.log", os.environ)
-        wait_until(self.answers, 10, f"redis-server on port {self.port} answering PING")
+        self.wait_until_ready(self.answers, 10, f"redis-server on port {self.port} answering PING")
 
     def answers(self) -> bool:
         self.check_alive()
@@ -128,7 +137,7 @@ class CeleryWorker(Process):
             "--without-mingle", "--without-gossip",
         ]  # fmt: skip
         super().__init__(name, argv, directory / f"{name}.log", {**os.environ, **env})
-        wait_until(self.ready, 60, f"{name} ready")
+        self.wait_until_ready(self.ready, 60, f"{name} ready")
 
     def ready(self) -> bool:
         self.check_alive()
@@ -144,7 +153,7 @@ class WebApp(Process):
         argv = [sys.executable, "-m", "examples.articles", "--port", str(self.port)]
         environ = {"ARTICLES_DATABASE_URL": f"sqlite:///{directory}/articles.sqlite3", **env}
         super().__init__(name, argv, directory / f"{name}.log", {**os.environ, **environ})
-        wait_until(self.answers, 30, f"{name} answering on port {self.port}")
+        self.wait_until_ready(self.answers, 30, f"{name} answering on port {self.port}")
 
     def answers(self) -> bool:
         self.check_alive()

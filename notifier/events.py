@@ -156,6 +156,7 @@ class EventBuffer:
         return self.end - self._first
 
     def add(self, payload: Payload, impacted_record: ImpactedRecord) -> None:
+        """Add one changed record, after every record added before it."""
         key = (payload["resource_name"], parent_of(payload), payload["action"])
         merged = self._merged.setdefault(key, _Merged(payload))
         merged.impacted_records.append(impacted_record)

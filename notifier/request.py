@@ -48,7 +48,11 @@ def notify_resource_changed(
     ``old`` the record before it (update, delete). ``timestamp`` defaults to the new record's
     ``last_modified``, else to now, in milliseconds.
     """
-    action = ACTIONS(action)
+    try:
+        action = ACTIONS(action)
+    except ValueError:
+        allowed = ", ".join(a.value for a in ACTIONS)
+        raise ValueError(f"unknown action {action!r}: use one of {allowed}") from None
     impacted: dict[str, dict[str, Any]] = {}
     if new is not None:
         impacted["new"] = new
@@ -104,7 +108,7 @@ def _before_commit(request: Request, buffer: EventBuffer) -> None:
 
 def _after_commit(succeeded: bool, request: Request, buffer: EventBuffer) -> None:
     if not succeeded:
-        logger.info("transaction rolled back: %d changes not published", len(buffer))
+        logger.info("transaction rolled back: %d changed records not published", len(buffer))
         return
     for event in buffer.events(AfterResourceChanged, request):
         request.registry.notify(event)
@@ -112,7 +116,7 @@ def _after_commit(succeeded: bool, request: Request, buffer: EventBuffer) -> Non
 
 def _after_response(request: Request, response: Response, buffer: EventBuffer) -> None:
     if request.exception is not None or response.status_int >= 400:
-        logger.info("request failed: %d changes not published", len(buffer))
+        logger.info("request failed: %d changed records not published", len(buffer))
         return
     _before_commit(request, buffer)
     _after_commit(True, request, buffer)

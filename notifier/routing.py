@@ -29,6 +29,8 @@ _ACTION_PATTERNS = frozenset({"*"} | {action.value for action in ACTIONS})
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """One entry of the table: ``resource_name.action=queue``, either part possibly ``*``."""
+
     resource_name: str
     action: str
     queue: str
@@ -39,6 +41,8 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
+    """The routes in their order: the first that matches a message names its queue."""
+
     routes: tuple[Route, ...] = ()
 
     @classmethod
@@ -51,7 +55,7 @@ class RoutingTable:
                 continue
             pattern, sep, queue = entry.partition("=")
             resource_name, dot, action = pattern.partition(".")
-            if not (sep and dot and queue):
+            if not (sep and dot and queue) or "." in action:
                 raise ConfigurationError(
                     key,
                     entry,

@@ -37,6 +37,8 @@ def split_names(value: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class NotifierSettings:
+    """The ``notifier.*`` settings of an application, checked (see :func:`parse_settings`)."""
+
     broker_url: str
     routing: RoutingTable
     actions: frozenset[ACTIONS]

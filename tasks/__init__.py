@@ -15,6 +15,9 @@ This package never imports Pyramid: workers do not need it installed.
 
 from __future__ import annotations
 
+import os
+
+from notifier.errors import ConfigurationError, ListenerError
 from notifier.settings import split_names
 from tasks import dispatch as _dispatch  # noqa: F401  (registers the dispatch task)
 from tasks.app import app
@@ -43,6 +46,27 @@ __all__ = [
 #: Register a listener with this worker: ``@listener("article", actions=("create",))``.
 listener = _registry.listener
 
-_search_resources = split_names(app.conf.notifier_search_resources)
-if _search_resources:
-    listener(_search_resources, name="notifier.search_index")(update_search_index)
+
+def _register_search_index() -> None:
+    # Checked when a worker starts: a bad resource name or an index it cannot write.
+    resources = split_names(app.conf.notifier_search_resources)
+    if not resources:
+        return
+    try:
+        listener(resources, name="notifier.search_index")(update_search_index)
+    except ListenerError:
+        raise ConfigurationError(
+            "NOTIFIER_SEARCH_RESOURCES",
+            app.conf.notifier_search_resources,
+            "resource names (letters, digits, _) separated by spaces or commas",
+        ) from None
+    directory = os.path.dirname(os.path.abspath(app.conf.notifier_search_index))
+    if not os.access(directory, os.W_OK):
+        raise ConfigurationError(
+            "NOTIFIER_SEARCH_INDEX",
+            app.conf.notifier_search_index,
+            "a file in a directory that exists and that this worker can write to",
+        )
+
+
+_register_search_index()

@@ -33,6 +33,7 @@ class DeadLetters:
 
     @classmethod
     def from_url(cls, url: str) -> DeadLetters:
+        """The store in the Redis at ``url``; each Redis operation waits 5 s at most."""
         return cls(redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5))
 
     def add(

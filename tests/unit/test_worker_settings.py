@@ -1,0 +1,58 @@
+"""A worker with a bad setting of its own fails when it starts, naming the variable."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_worker_side(**environ):
+    """Import the worker side in a fresh interpreter, as ``celery -A tasks worker`` does."""
+    return subprocess.run(
+        [sys.executable, "-c", "import tasks"],
+        cwd=REPO,
+        env={**os.environ, **environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "error"),
+    [
+        (
+            {"NOTIFIER_ROUTES": "article=articles"},
+            "NOTIFIER_ROUTES = 'article=articles' is not valid",
+        ),
+        (
+            {"NOTIFIER_SEARCH_RESOURCES": "article-x"},
+            "NOTIFIER_SEARCH_RESOURCES = 'article-x' is not valid",
+        ),
+        (
+            {"NOTIFIER_SEARCH_RESOURCES": "article", "NOTIFIER_SEARCH_INDEX": "/nowhere/i.db"},
+            "NOTIFIER_SEARCH_INDEX = '/nowhere/i.db' is not valid: a file in a directory that",
+        ),
+    ],
+    ids=["routes", "search-resources", "search-index"],
+)
+def test_a_bad_worker_setting_stops_the_worker_side_at_start_up(environ, error):
+    started = start_worker_side(**environ)
+
+    assert started.returncode != 0
+    assert f"notifier.errors.ConfigurationError: {error}" in started.stderr
+
+
+def test_good_worker_settings_start(tmp_path):
+    started = start_worker_side(
+        NOTIFIER_ROUTES="article.*=articles",
+        NOTIFIER_SEARCH_RESOURCES="article, comment",
+        NOTIFIER_SEARCH_INDEX=str(tmp_path / "index.sqlite3"),
+    )
+
+    assert started.returncode == 0, started.stderr
