@@ -97,7 +97,7 @@ def test_queue_names_may_hold_dots_colons_and_dashes():
         ("art-icle.*=articles", "a resource name is letters, digits, _ or *"),
         (".create=creations", "a resource name is letters, digits, _ or *"),
         ("article.destroy=articles", "the action is one of"),
-        ("article.create.x=articles", "the action is one of"),
+        ("article.create.x=articles", "write a route as <resource_name>.<action>=<queue>"),
         ("article.*=art/icles", "a queue name is letters, digits and _.:-"),
         ("article.*==articles", "a queue name is letters, digits and _.:-"),
     ],
