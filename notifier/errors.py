@@ -21,14 +21,17 @@ class NotifierError(Exception):
 class ConfigurationError(NotifierError, ValueError):
     """Raised at start-up when a setting has a value notifier cannot use.
 
-    The message names the setting, the value it was given and what is allowed.
+    The message names the setting, the value it was given (``None``: none) and what is allowed.
     """
 
     def __init__(self, key: str, value: object, allowed: str) -> None:
         self.key = key
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{key} = {value!r} is not valid: {allowed}")
+        if value is None:
+            super().__init__(f"{key} is missing: {allowed}")
+        else:
+            super().__init__(f"{key} = {value!r} is not valid: {allowed}")
 
 
 class MalformedMessage(NotifierError, ValueError):

@@ -1,20 +1,37 @@
-"""The Celery app of the workers, configured from the top-level ``celeryconfig`` module."""
+"""The Celery app of the workers, configured from the top-level ``celeryconfig`` module.
+
+``$CELERY_CONFIG_MODULE`` names another configuration module; it must define the ``notifier_*``
+settings that ``celeryconfig.py`` defines.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery, signals
 from celery.utils.text import str_to_list
 from kombu import Exchange, Queue
 
+from notifier.errors import ConfigurationError
 from notifier.routing import RoutingTable
 from tasks.registry import Registry
 
 __all__ = ["app", "consume", "registry", "routing"]
 
 app = Celery("tasks")
-app.config_from_object("celeryconfig")
+_config_module = os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig")
+app.config_from_object(_config_module)
+for _setting in (
+    "notifier_routes",
+    "notifier_dead_letters_url",
+    "notifier_search_index",
+    "notifier_search_resources",
+):
+    if _setting not in app.conf:
+        raise ConfigurationError(
+            _setting, None, f"define it in {_config_module}, as notifier's celeryconfig.py does"
+        )
 
 #: The routing table the web side uses too: the worker consumes every queue it names.
 routing = RoutingTable.parse(app.conf.notifier_routes, key="NOTIFIER_ROUTES")

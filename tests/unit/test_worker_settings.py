@@ -56,3 +56,15 @@ def test_good_worker_settings_start(tmp_path):
     )
 
     assert started.returncode == 0, started.stderr
+
+
+def test_a_configuration_module_without_notifiers_settings_is_told_what_is_missing(tmp_path):
+    (tmp_path / "myconfig.py").write_text('broker_url = "redis://127.0.0.1:1/0"\n')
+
+    started = start_worker_side(CELERY_CONFIG_MODULE="myconfig", PYTHONPATH=str(tmp_path))
+
+    assert started.returncode != 0
+    assert (
+        "ConfigurationError: notifier_routes is missing: define it in myconfig, "
+        "as notifier's celeryconfig.py does"
+    ) in started.stderr
