@@ -28,7 +28,7 @@ for _setting in (
     "notifier_search_index",
     "notifier_search_resources",
 ):
-    if _setting not in app.conf:
+    if app.conf.get(_setting) is None:
         raise ConfigurationError(
             _setting, None, f"define it in {_config_module}, as notifier's celeryconfig.py does"
         )
