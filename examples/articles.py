@@ -205,8 +205,13 @@ def settings_from_environ(directory: str = ".") -> dict[str, str]:
 
 
 if __name__ == "__main__":
+    import logging
+
     from waitress import serve
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s"
+    )
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=6543)
