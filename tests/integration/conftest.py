@@ -5,14 +5,14 @@ Locally, these tests skip when no redis-server can be found; with CI=true they f
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from examples.processes import CeleryWorker, RedisServer, WebApp, redis_server_binary, wait_until
+from examples.processes import CeleryWorker, RedisServer, WebApp, redis_server_binary
+from tests.integration.received import Received
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -66,34 +66,6 @@ def web(deployment_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Itera
     process = WebApp(tmp_path_factory.mktemp("web"), deployment_env)
     yield process
     process.stop()
-
-
-class Received:
-    """What the recording listeners of tests/integration/listeners.py received, read from Redis."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-
-    def by(self, listener: str) -> list[dict]:
-        return [json.loads(item) for item in self.client.lrange(f"received:{listener}", 0, -1)]
-
-    def about(self, listener: str, title: str) -> list[dict]:
-        return [
-            received
-            for received in self.by(listener)
-            for change in received["impacted_records"]
-            if title in (change.get("new", {}).get("title"), change.get("old", {}).get("title"))
-        ]
-
-    def wait_for(
-        self, listener: str, title: str, count: int = 1, timeout: float = 20
-    ) -> list[dict]:
-        wait_until(
-            lambda: len(self.about(listener, title)) >= count,
-            timeout,
-            f"{listener} receiving {count} events about {title!r}",
-        )
-        return self.about(listener, title)
 
 
 @pytest.fixture

@@ -9,11 +9,13 @@ import urllib.request
 import uuid
 from typing import Any
 
+import redis
 from celery import Celery
 
-from examples.processes import RedisServer, WebApp, wait_until
+from examples.processes import CeleryWorker, RedisServer, WebApp, wait_until
 from notifier.message import DISPATCH_TASK
 from tasks.dead_letters import DeadLetters
+from tests.integration.received import Received
 
 
 def call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -184,3 +186,27 @@ def test_malformed_messages_end_in_the_dead_letters_and_the_worker_keeps_running
     title = unique("After the garbage")
     call("POST", f"{web.url}/articles", {"title": title})
     received.wait_for("record_articles", title)
+
+
+def test_an_event_written_before_any_worker_started_reaches_the_listener(tmp_path):
+    broker = RedisServer(tmp_path)
+    env = {
+        "CELERY_BROKER_URL": broker.url,
+        "NOTIFIER_ROUTES": "article.*=articles",
+        "NOTIFIER_LISTENERS": "tests.integration.listeners",
+    }
+    web = WebApp(tmp_path, env)
+    worker = None
+    try:
+        title = unique("Before the workers")
+        assert call("POST", f"{web.url}/articles", {"title": title})[0] == 201
+
+        worker = CeleryWorker(tmp_path, env, name="late-worker")
+
+        [event] = Received(redis.Redis.from_url(broker.url)).wait_for("record_articles", title)
+        assert event["payload"]["resource_name"] == "article"
+    finally:
+        if worker is not None:
+            worker.stop()
+        web.stop()
+        broker.stop()
