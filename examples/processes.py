@@ -128,6 +128,7 @@ class CeleryWorker(Process):
         directory: Path,
         env: Mapping[str, str],
         *,
+        include: str | None = None,
         concurrency: int = 2,
         name: str = "worker",
     ) -> None:
@@ -136,6 +137,8 @@ class CeleryWorker(Process):
             "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
             "--without-mingle", "--without-gossip",
         ]  # fmt: skip
+        if include:
+            argv += ["-I", include]  # more listener modules, as an operator would add them
         super().__init__(name, argv, directory / f"{name}.log", {**os.environ, **env})
         self.wait_until_ready(self.ready, 60, f"{name} ready")
 

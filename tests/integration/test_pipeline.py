@@ -188,20 +188,20 @@ def test_malformed_messages_end_in_the_dead_letters_and_the_worker_keeps_running
     received.wait_for("record_articles", title)
 
 
-def test_an_event_written_before_any_worker_started_reaches_the_listener(tmp_path):
+def test_an_event_written_before_any_worker_started_reaches_a_listener_loaded_with_dash_i(
+    tmp_path,
+):
     broker = RedisServer(tmp_path)
-    env = {
-        "CELERY_BROKER_URL": broker.url,
-        "NOTIFIER_ROUTES": "article.*=articles",
-        "NOTIFIER_LISTENERS": "tests.integration.listeners",
-    }
+    env = {"CELERY_BROKER_URL": broker.url, "NOTIFIER_ROUTES": "article.*=articles"}
     web = WebApp(tmp_path, env)
     worker = None
     try:
         title = unique("Before the workers")
         assert call("POST", f"{web.url}/articles", {"title": title})[0] == 201
 
-        worker = CeleryWorker(tmp_path, env, name="late-worker")
+        worker = CeleryWorker(
+            tmp_path, env, include="tests.integration.listeners", name="late-worker"
+        )
 
         [event] = Received(redis.Redis.from_url(broker.url)).wait_for("record_articles", title)
         assert event["payload"]["resource_name"] == "article"
