@@ -17,7 +17,10 @@ every change is published as a Celery task message to the queue that the routing
 from its resource_name and action, and runs in the workers' listeners (see the ``tasks``
 package). Nothing is published for a failed or rolled-back request, and a broker error never
 fails a request. Settings (all optional, see the README): ``notifier.broker_url``,
-``notifier.routes``, ``notifier.actions``, ``notifier.resources``, ``notifier.publish_timeout``.
+``notifier.routes``, ``notifier.actions``, ``notifier.resources``, ``notifier.publish_timeout``,
+and ``notifier.event_listeners`` for configured listeners (see ``notifier.listeners``).
+
+In Kinto, ``kinto.includes = notifier`` publishes Kinto's committed events the same way.
 """
 
 from __future__ import annotations
@@ -31,18 +34,26 @@ __all__ = ["includeme"]
 
 
 def includeme(config: Configurator) -> None:
-    """Parse the ``notifier.*`` settings, add the request method and the subscriber."""
+    """Add ``request.notify_resource_changed`` and the publishing of committed events: by the
+    listeners of ``notifier.event_listeners`` when set, else by Celery with the ``notifier.*``
+    settings."""
     # Imported here, not at the top: the worker side imports notifier.message and
     # notifier.routing, and must not import Pyramid through this module.
-    from notifier.events import AfterResourceChanged
+    from notifier.listeners import after_commit_events, include_listeners, listener_options
     from notifier.publisher import CeleryPublisher
     from notifier.request import notify_resource_changed
     from notifier.settings import parse_settings
     from notifier.subscriber import Subscriber
 
+    config.add_request_method(notify_resource_changed, "notify_resource_changed")
     settings = parse_settings(config.get_settings())
+    if listener_options(config, "notifier.").get("event_listeners")[1]:
+        include_listeners(config, "notifier.")
+        return
     publisher = CeleryPublisher(settings.broker_url, settings.publish_timeout)
     config.registry["notifier.settings"] = settings
     config.registry["notifier.publisher"] = publisher
-    config.add_request_method(notify_resource_changed, "notify_resource_changed")
-    config.add_subscriber(Subscriber(settings, publisher), AfterResourceChanged)
+    subscriber = Subscriber(settings, publisher)
+    # notifier's AfterResourceChanged, and Kinto's with kinto.includes = notifier.
+    for event_class in after_commit_events():
+        config.add_subscriber(subscriber, event_class)

@@ -22,6 +22,7 @@ __all__ = [
     "EventBuffer",
     "Payload",
     "ResourceChanged",
+    "impacted_records_of",
     "make_payload",
     "parent_of",
 ]
@@ -43,6 +44,13 @@ class ACTIONS(enum.Enum):
     def from_string_list(cls, names: list[str]) -> tuple[ACTIONS, ...]:
         """Parse ``["create", "update"]`` into actions; raise ``ValueError`` naming a bad one."""
         return tuple(cls(name) for name in names)
+
+
+def impacted_records_of(event: Any) -> list[ImpactedRecord]:
+    """The impacted records of a notifier, Kinto or Cliquet event."""
+    # Kinto's events warn when asked for impacted_records, Cliquet's know no other name.
+    records = getattr(event, "impacted_objects", None)
+    return event.impacted_records if records is None else records  # type: ignore[no-any-return]
 
 
 class _Event:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pyramid.request import Request
     from pyramid.response import Response
 
-__all__ = ["notify_resource_changed"]
+__all__ = ["notify_resource_changed", "outermost"]
 
 logger = logging.getLogger("notifier")
 
@@ -63,10 +63,12 @@ def notify_resource_changed(
     if timestamp is None and new is not None and isinstance(new.get("last_modified"), int):
         timestamp = new["last_modified"]
     payload = make_payload(request, action, resource_name, record_id, timestamp)
-    _buffer(_outermost(request)).add(payload, impacted)
+    _buffer(outermost(request)).add(payload, impacted)
 
 
-def _outermost(request: Request) -> Request:
+def outermost(request: Request) -> Request:
+    """The request whose transaction ``request``'s changes belong to: itself, or the parent of
+    a subrequest."""
     # A subrequest belongs to its parent's transaction: its changes are published when the
     # parent's commit succeeds, never from the subrequest's own response. Batch views (Kinto's,
     # Cornice's) set ``parent``; otherwise the parent is the first request on Pyramid's stack of

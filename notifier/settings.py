@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,7 +13,16 @@ from notifier.errors import ConfigurationError
 from notifier.events import ACTIONS
 from notifier.routing import RoutingTable
 
-__all__ = ["DEFAULTS", "NotifierSettings", "parse_settings", "split_names"]
+__all__ = [
+    "DEFAULTS",
+    "EventFilter",
+    "NotifierSettings",
+    "Options",
+    "environment_variable",
+    "parse_seconds",
+    "parse_settings",
+    "split_names",
+]
 
 PREFIX = "notifier."
 
@@ -35,47 +44,145 @@ def split_names(value: str) -> list[str]:
     return [name for name in re.split(r"[\s,]+", value) if name]
 
 
-@dataclass(frozen=True, slots=True)
-class NotifierSettings:
-    """The ``notifier.*`` settings of an application, checked (see :func:`parse_settings`)."""
+def environment_variable(key: str) -> str:
+    """The variable that overrides a setting: ``notifier.event_listeners.redis.url`` is
+    ``NOTIFIER_EVENT_LISTENERS_REDIS_URL``."""
+    return re.sub(r"[.-]", "_", key).upper()
 
-    broker_url: str
-    routing: RoutingTable
+
+class Options:
+    """The options of one prefix (``notifier.``, ``notifier.event_listeners.redis.``...), each
+    read once, with the key it came from so that an error can name it.
+
+    Unknown options under the prefix are an error (unless ``known`` is ``None``); ``others`` are
+    options read elsewhere, with their sub-keys. With ``env_prefix``, an environment variable
+    named after the option (see :func:`environment_variable`) overrides the setting.
+    """
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        prefix: str,
+        known: Collection[str] | None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        env_prefix: str | None = None,
+        others: Collection[str] = (),
+    ) -> None:
+        self.settings = settings
+        self.prefix = prefix
+        self.environ = os.environ if environ is None else environ
+        self.env_prefix = env_prefix
+        if known is None:  # a view of options that their owner checks
+            return
+        unknown = sorted(
+            key
+            for key in settings
+            if key.startswith(prefix)
+            and key[len(prefix) :] not in known
+            and not any(key.startswith(f"{prefix}{other}.") for other in others)
+        )
+        if unknown:
+            allowed = ", ".join(prefix + name for name in known)
+            raise ConfigurationError(
+                unknown[0], settings[unknown[0]], f"known settings are {allowed}"
+            )
+
+    def get(self, name: str, default: str = "") -> tuple[str, str]:
+        """The key a value came from and the value as a string (lists joined by new lines)."""
+        key = self.prefix + name
+        if self.env_prefix is not None:
+            variable = environment_variable(f"{self.env_prefix}{key}")
+            if variable in self.environ:
+                return variable, self.environ[variable]
+        value = self.settings.get(key)
+        if value is None:
+            return key, default
+        # Settings set in code may be lists or numbers; an ini file gives strings.
+        if isinstance(value, list | tuple | set | frozenset):
+            return key, "\n".join(map(str, value))
+        return key, str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a listener wants: by action, and by resource name."""
+
     actions: frozenset[ACTIONS]
     resources: frozenset[str]  # empty: every resource
-    publish_timeout: float
 
-    def wants(self, resource_name: str, action: str) -> bool:
-        """Whether events about ``action`` on ``resource_name`` are published."""
+    def wants(self, resource_name: str | None, action: str | None) -> bool:
+        """Whether events about ``action`` on ``resource_name`` pass the filter."""
         return any(a.value == action for a in self.actions) and (
             not self.resources or resource_name in self.resources
         )
 
+    @classmethod
+    def parse(cls, options: Options) -> EventFilter:
+        """Read ``actions`` (default create update delete) and ``resources`` (default all)."""
+        actions_key, actions_value = options.get("actions", "create update delete")
+        try:
+            actions = frozenset(ACTIONS.from_string_list(split_names(actions_value)))
+        except ValueError:
+            allowed = " ".join(action.value for action in ACTIONS)
+            raise ConfigurationError(
+                actions_key, actions_value, f"a list of actions among: {allowed}"
+            ) from None
+        if not actions:
+            raise ConfigurationError(actions_key, actions_value, "at least one action")
+        resources_key, resources_value = options.get("resources")
+        resources = frozenset(split_names(resources_value))
+        bad = sorted(name for name in resources if not _RESOURCE_NAME.match(name))
+        if bad:
+            raise ConfigurationError(
+                resources_key,
+                resources_value,
+                f"resource names are letters, digits and _, separated by spaces or commas; "
+                f"not {bad[0]!r}",
+            )
+        return cls(actions, resources)
+
+
+def parse_seconds(options: Options, name: str, default: str) -> float:
+    """A number of seconds in (0, 60]."""
+    key, value = options.get(name, default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 60:
+        raise ConfigurationError(key, value, "a number of seconds in (0, 60]")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierSettings(EventFilter):
+    """The settings of a Celery publisher: ``notifier.*``, or a configured celery listener's."""
+
+    broker_url: str
+    routing: RoutingTable
+    publish_timeout: float
+
 
 def parse_settings(
-    settings: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    settings: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    prefix: str = PREFIX,
+    env_prefix: str | None = None,
+    others: Collection[str] = ("event_listeners",),
 ) -> NotifierSettings:
-    """Read the ``notifier.*`` keys of ``settings``; raise :class:`ConfigurationError` on the first
-    bad or unknown one."""
-    environ = os.environ if environ is None else environ
-    unknown = sorted(
-        key for key in settings if key.startswith(PREFIX) and key[len(PREFIX) :] not in DEFAULTS
-    )
-    if unknown:
-        allowed = ", ".join(PREFIX + name for name in DEFAULTS)
-        raise ConfigurationError(unknown[0], settings[unknown[0]], f"known settings are {allowed}")
+    """Read the Celery publishing settings under ``prefix`` (default ``notifier.``); raise
+    :class:`ConfigurationError` on the first bad or unknown one.
 
-    def raw(name: str) -> str:
-        value = settings.get(PREFIX + name, DEFAULTS[name])
-        if value is None:
-            return ""
-        # Settings set in code may be lists or numbers; an ini file gives strings.
-        if isinstance(value, list | tuple | set | frozenset):
-            return "\n".join(map(str, value))
-        return str(value)
+    ``broker_url`` and ``routes`` fall back on ``$CELERY_BROKER_URL`` and ``$NOTIFIER_ROUTES``.
+    """
+    environ = os.environ if environ is None else environ
+    known = [*DEFAULTS, *others]
+    options = Options(settings, prefix, known, environ, env_prefix=env_prefix, others=others)
 
     # An error names where the value came from: the setting, or the environment variable.
-    broker_key, broker_url = "notifier.broker_url", raw("broker_url")
+    broker_key, broker_url = options.get("broker_url")
     if not broker_url:
         broker_key = "CELERY_BROKER_URL"
         broker_url = environ.get(broker_key, "redis://localhost:6379/0")
@@ -84,44 +191,16 @@ def parse_settings(
             broker_key, broker_url, f"a URL whose scheme is one of {', '.join(_BROKER_SCHEMES)}"
         )
 
-    routes_key, routes = "notifier.routes", raw("routes")
+    routes_key, routes = options.get("routes")
     if not routes:
         routes_key, routes = "NOTIFIER_ROUTES", environ.get("NOTIFIER_ROUTES", "")
     routing = RoutingTable.parse(routes, key=routes_key)
 
-    try:
-        actions = frozenset(ACTIONS.from_string_list(split_names(raw("actions"))))
-    except ValueError:
-        allowed = " ".join(action.value for action in ACTIONS)
-        raise ConfigurationError(
-            "notifier.actions", raw("actions"), f"a list of actions among: {allowed}"
-        ) from None
-    if not actions:
-        raise ConfigurationError("notifier.actions", raw("actions"), "at least one action")
-
-    resources = frozenset(split_names(raw("resources")))
-    bad = sorted(name for name in resources if not _RESOURCE_NAME.match(name))
-    if bad:
-        raise ConfigurationError(
-            "notifier.resources",
-            raw("resources"),
-            f"resource names are letters, digits and _, "
-            f"separated by spaces or commas; not {bad[0]!r}",
-        )
-
-    try:
-        publish_timeout = float(raw("publish_timeout"))
-    except ValueError:
-        publish_timeout = -1.0
-    if not 0 < publish_timeout <= 60:
-        raise ConfigurationError(
-            "notifier.publish_timeout", raw("publish_timeout"), "a number of seconds in (0, 60]"
-        )
-
+    event_filter = EventFilter.parse(options)
     return NotifierSettings(
+        actions=event_filter.actions,
+        resources=event_filter.resources,
         broker_url=broker_url,
         routing=routing,
-        actions=actions,
-        resources=resources,
-        publish_timeout=publish_timeout,
+        publish_timeout=parse_seconds(options, "publish_timeout", "0.5"),
     )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import uuid4
 
-from notifier.events import AfterResourceChanged
+from notifier.events import impacted_records_of
 from notifier.message import Message, encode
+from notifier.request import outermost
 from notifier.settings import NotifierSettings
 
 __all__ = ["Publisher", "Subscriber"]
@@ -15,6 +16,7 @@ __all__ = ["Publisher", "Subscriber"]
 logger = logging.getLogger("notifier")
 
 _BROKER_FAILED = "notifier.broker_failed"
+_POSITIONS = "notifier.positions"
 
 
 class Publisher(Protocol):
@@ -22,18 +24,18 @@ class Publisher(Protocol):
 
 
 class Subscriber:
-    """Called by Pyramid with each ``AfterResourceChanged`` event.
+    """Called by Pyramid with each ``AfterResourceChanged`` event, notifier's or Kinto's.
 
-    It filters the event with ``notifier.actions`` and ``notifier.resources``, serialises it,
-    chooses its queue from the routing table and publishes it. It never raises: the transaction
-    is already committed, and a broker error must not fail the request.
+    It filters the event with its settings' actions and resources, serialises it, chooses its
+    queue from the routing table and publishes it. It never raises: the transaction is already
+    committed, and a broker error must not fail the request.
     """
 
     def __init__(self, settings: NotifierSettings, publisher: Publisher) -> None:
         self.settings = settings
         self.publisher = publisher
 
-    def __call__(self, event: AfterResourceChanged) -> None:
+    def __call__(self, event: Any) -> None:
         resource_name = event.payload.get("resource_name")
         action = event.payload.get("action")
         if not isinstance(resource_name, str) or not isinstance(action, str):
@@ -41,13 +43,16 @@ class Subscriber:
             return
         if not self.settings.wants(resource_name, action):
             return
+        impacted_records = impacted_records_of(event)
         event_id = uuid4().hex
         queue = self.settings.routing.queue_for(resource_name, action)
         identity = (
             f"event {event_id} ({action} {resource_name} {event.payload.get('uri')}, "
-            f"{len(event.impacted_records)} records) to queue {queue}"
+            f"{len(impacted_records)} records) to queue {queue}"
         )
-        environ = getattr(event.request, "environ", None)
+        # What one request shares (its id, its broker's health, the positions of its records)
+        # is kept with the outermost request: a Kinto batch's subrequests are one request.
+        environ = getattr(outermost(event.request), "environ", None) if event.request else None
         if environ is not None and environ.get(_BROKER_FAILED):
             # One wait for a broker that failed is enough for a request.
             logger.error(
@@ -57,9 +62,9 @@ class Subscriber:
         try:
             message = encode(
                 event.payload,
-                event.impacted_records,
-                event.positions,
-                request_id=request_id(event.request),
+                impacted_records,
+                _positions(event, environ, len(impacted_records)),
+                request_id=_request_id(environ),
                 event_id=event_id,
             )
             self.publisher.publish(message, queue)
@@ -72,9 +77,21 @@ class Subscriber:
             logger.debug("published %s", identity)
 
 
-def request_id(request: object) -> str:
+def _request_id(environ: dict[str, Any] | None) -> str:
     """The id shared by every message of one request, made once per request."""
-    environ = getattr(request, "environ", None)
     if environ is None:
         return uuid4().hex
     return environ.setdefault("notifier.request_id", uuid4().hex)  # type: ignore[no-any-return]
+
+
+def _positions(event: Any, environ: dict[str, Any] | None, count: int) -> list[int]:
+    positions = getattr(event, "positions", None)
+    if positions is not None:
+        return list(positions)
+    # Kinto's events carry no positions: number their records in the order they come, after
+    # those of the request's earlier events (Kinto's own merged order, not the chronological
+    # one: a Kinto batch [delete x, create x, delete x] comes as delete, delete, create).
+    first = 0 if environ is None else environ.get(_POSITIONS, 0)
+    if environ is not None:
+        environ[_POSITIONS] = first + count
+    return list(range(first, first + count))

@@ -7,7 +7,7 @@ import pytest
 from notifier.events import AfterResourceChanged
 from notifier.message import decode
 from notifier.settings import parse_settings
-from notifier.subscriber import Subscriber, request_id
+from notifier.subscriber import Subscriber
 
 
 class RecordingPublisher:
@@ -135,9 +135,16 @@ def test_events_of_one_request_share_its_request_id():
     assert len({first.event_id, second.event_id, third.event_id}) == 3
 
 
-def test_an_event_without_a_request_gets_a_request_id_of_its_own():
-    assert request_id(None) != request_id(None)
-    assert request_id(object())
+def test_events_without_a_request_get_request_ids_of_their_own():
+    publisher = RecordingPublisher()
+    listen = subscriber(publisher)
+
+    listen(AfterResourceChanged(after_commit().payload, [{"new": {"id": "a1"}}], None))
+    listen(AfterResourceChanged(after_commit().payload, [{"new": {"id": "a2"}}], None))
+
+    first, second = (message for message, _ in publisher.published)
+    assert first.request_id != second.request_id
+    assert first.positions == second.positions == [0]
 
 
 @pytest.mark.parametrize("missing", ["resource_name", "action"])
