@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast, overload
 
 from celery import Celery, Task
@@ -61,10 +61,13 @@ class Listener:
     actions: frozenset[str]
     task: Task[Any, Any]
     queue: str
+    where: Mapping[str, frozenset[str]] = field(default_factory=dict)  # payload key: values
 
     def wants(self, message: Message) -> bool:
-        return message.action in self.actions and (
-            "*" in self.resource_names or message.resource_name in self.resource_names
+        return (
+            message.action in self.actions
+            and ("*" in self.resource_names or message.resource_name in self.resource_names)
+            and all(message.payload.get(key) in values for key, values in self.where.items())
         )
 
 
@@ -110,6 +113,7 @@ class Registry:
         actions: Iterable[str] = DEFAULT_ACTIONS,
         name: str | None = None,
         queue: str | None = None,
+        where: Mapping[str, str | Iterable[str]] | None = None,
         **task_options: Any,
     ) -> Callable[[F], F]: ...
 
@@ -121,13 +125,16 @@ class Registry:
         actions: Iterable[str] = DEFAULT_ACTIONS,
         name: str | None = None,
         queue: str | None = None,
+        where: Mapping[str, str | Iterable[str]] | None = None,
         **task_options: Any,
     ) -> Any:
         """Register a listener of the events on ``resource_names`` (``"*"``: all) and
         ``actions`` (default create, update, delete; ``read`` only when named).
 
-        Used bare (``@listener``) or with arguments. ``queue`` is the queue of the listener's
-        tasks (default: ``notifier.listener.<name>``, one per listener). On a plain
+        Used bare (``@listener``) or with arguments. ``where`` keeps only the events whose
+        payload has these values, e.g. ``where={"bucket_id": "blog"}`` or
+        ``where={"collection_id": ["posts", "pages"]}``. ``queue`` is the queue of the
+        listener's tasks (default: ``notifier.listener.<name>``, one per listener). On a plain
         function, ``task_options`` are Celery task options (``max_retries``, ``rate_limit``...).
         Stacked on an existing ``@app.task``, the task keeps its own options. The decorated
         object is returned unchanged, still callable with an :class:`~tasks.event.Event`.
@@ -136,6 +143,7 @@ class Registry:
             return self.listener()(resource_names)
         resources = self._check_resources(resource_names)
         wanted = self._check_actions(actions)
+        payload_filter = self._check_where(where or {})
         unknown = sorted(set(task_options) - TASK_OPTIONS)
         if unknown:
             raise ListenerError(
@@ -158,7 +166,7 @@ class Registry:
                 queue or getattr(task, "queue", None) or LISTENER_QUEUE.format(name=listener_name)
             )
             self._listeners[listener_name] = Listener(
-                listener_name, resources, wanted, task, listener_queue
+                listener_name, resources, wanted, task, listener_queue, payload_filter
             )
             self.on_new_queue(listener_queue)
             return function
@@ -212,6 +220,24 @@ class Registry:
                 "or '*' for every resource"
             )
         return frozenset(names)
+
+    @staticmethod
+    def _check_where(where: Mapping[str, str | Iterable[str]]) -> dict[str, frozenset[str]]:
+        checked = {}
+        for key, values in where.items():
+            allowed = [values] if isinstance(values, str) else list(values)
+            if (
+                not isinstance(key, str)
+                or not allowed
+                or not all(isinstance(value, str) for value in allowed)
+            ):
+                raise ListenerError(
+                    f"bad where= entry {key!r}: {values!r}: use payload keys and the values "
+                    "they must have, e.g. where={'bucket_id': 'blog'} or "
+                    "where={'collection_id': ['posts', 'pages']}"
+                )
+            checked[key] = frozenset(allowed)
+        return checked
 
     @staticmethod
     def _check_actions(actions: Iterable[str]) -> frozenset[str]:

@@ -46,3 +46,13 @@ def fail_on_article_creation(event: Event) -> None:
 @app.task(name="tests.record_updates_task", max_retries=0)
 def record_updates_task(event: Event) -> None:
     _record("record_updates_task", event)
+
+
+@listener(("bucket", "collection", "record"))
+def record_kinto_changes(event: Event) -> None:
+    _record("record_kinto_changes", event)
+
+
+@listener("record", where={"bucket_id": "only-this-bucket"})
+def record_one_buckets_records(event: Event) -> None:
+    _record("record_one_buckets_records", event)
