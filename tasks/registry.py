@@ -67,7 +67,10 @@ class Listener:
         return (
             message.action in self.actions
             and ("*" in self.resource_names or message.resource_name in self.resource_names)
-            and all(message.payload.get(key) in values for key, values in self.where.items())
+            and all(
+                isinstance(value := message.payload.get(key), str) and value in values
+                for key, values in self.where.items()
+            )
         )
 
 
@@ -222,20 +225,27 @@ class Registry:
         return frozenset(names)
 
     @staticmethod
-    def _check_where(where: Mapping[str, str | Iterable[str]]) -> dict[str, frozenset[str]]:
+    def _check_where(where: Any) -> dict[str, frozenset[str]]:
+        how = (
+            "use payload keys and the values they must have, e.g. where={'bucket_id': 'blog'} "
+            "or where={'collection_id': ['posts', 'pages']}"
+        )
+        if not isinstance(where, Mapping):
+            raise ListenerError(f"bad where={where!r}: {how}")
         checked = {}
         for key, values in where.items():
-            allowed = [values] if isinstance(values, str) else list(values)
+            if isinstance(values, str):
+                allowed = [values]
+            elif isinstance(values, Iterable) and not isinstance(values, Mapping):
+                allowed = list(values)
+            else:
+                allowed = []
             if (
                 not isinstance(key, str)
                 or not allowed
                 or not all(isinstance(value, str) for value in allowed)
             ):
-                raise ListenerError(
-                    f"bad where= entry {key!r}: {values!r}: use payload keys and the values "
-                    "they must have, e.g. where={'bucket_id': 'blog'} or "
-                    "where={'collection_id': ['posts', 'pages']}"
-                )
+                raise ListenerError(f"bad where= entry {key!r}: {values!r}: {how}")
             checked[key] = frozenset(allowed)
         return checked
 

@@ -75,14 +75,25 @@ class AfterCommitListener(ListenerBase):
     aborted Kinto batch, reaches nothing.
     """
 
+    #: The name the listener is configured under, for the logs.
+    name = ""
+
     def __call__(self, event: Any) -> None:
-        if isinstance(event, after_commit_events()):
+        if not isinstance(event, after_commit_events()):
+            return
+        try:
             self.after_commit(event)
+        except Exception:
+            # The commit is done: a listener's failure must not reach the request, nor keep
+            # the other listeners from the event.
+            logger.exception("listener %s failed after the commit on %r", self.name, event)
 
     def after_commit(self, event: Any) -> None:
         raise NotImplementedError
 
-    def subscribe(self, config: Configurator) -> None:
+    def subscribe(self, config: Configurator, prefix: str) -> None:
+        """Have this listener, configured under ``prefix``, called with committed events."""
+        self.name = prefix.rstrip(".").rsplit(".", 1)[-1]
         for event_class in after_commit_events():
             config.add_subscriber(self, event_class)
 

@@ -57,5 +57,5 @@ def load_from_config(config: Configurator, prefix: str) -> Listener:
             settings, publisher.CeleryPublisher(settings.broker_url, settings.publish_timeout)
         )
     )
-    listener.subscribe(config)
+    listener.subscribe(config, prefix)
     return listener

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -85,7 +86,7 @@ def load_from_config(config: Configurator, prefix: str) -> Listener:
     url_key, url = options.get("url", "redis://localhost:6379/0")
     _, listname = options.get("listname", "notifier.events")
     pool_key, pool_size = options.get("pool_size", "25")
-    if not pool_size.isdigit() or int(pool_size) < 1:
+    if not re.fullmatch(r"[0-9]+", pool_size) or int(pool_size) < 1:
         raise ConfigurationError(pool_key, pool_size, "a number of connections, 1 or more")
     timeout = parse_seconds(options, "timeout", "0.5")
     include_key, include_impacted = options.get("include_impacted", "false")
@@ -108,5 +109,5 @@ def load_from_config(config: Configurator, prefix: str) -> Listener:
         EventFilter.parse(options),
         include_impacted=asbool(include_impacted),
     )
-    listener.subscribe(config)
+    listener.subscribe(config, prefix)
     return listener
