@@ -39,21 +39,41 @@ def includeme(config: Configurator) -> None:
     settings."""
     # Imported here, not at the top: the worker side imports notifier.message and
     # notifier.routing, and must not import Pyramid through this module.
-    from notifier.listeners import after_commit_events, include_listeners, listener_options
+    from notifier.errors import ConfigurationError
+    from notifier.listeners import include_listeners, kinto_celery_listeners
+    from notifier.listeners.celery import Listener
     from notifier.publisher import CeleryPublisher
     from notifier.request import notify_resource_changed
-    from notifier.settings import parse_settings
+    from notifier.settings import DEFAULTS, Options, parse_settings
     from notifier.subscriber import Subscriber
 
     config.add_request_method(notify_resource_changed, "notify_resource_changed")
-    settings = parse_settings(config.get_settings())
-    if listener_options(config, "notifier.").get("event_listeners")[1]:
+    settings = config.get_settings()
+    _, configured = Options(settings, "notifier.", None, env_prefix="").get("event_listeners")
+    if configured:
+        for name in DEFAULTS:
+            if f"notifier.{name}" in settings:
+                raise ConfigurationError(
+                    f"notifier.{name}",
+                    settings[f"notifier.{name}"],
+                    "nothing here while notifier.event_listeners is set: give it to a "
+                    f"listener instead, e.g. notifier.event_listeners.celery.{name}",
+                )
+        # Any other notifier.* key is unknown: Options says so.
+        Options(settings, "notifier.", ("event_listeners",), others=("event_listeners",))
         include_listeners(config, "notifier.")
         return
-    publisher = CeleryPublisher(settings.broker_url, settings.publish_timeout)
-    config.registry["notifier.settings"] = settings
+    publishing = parse_settings(settings)
+    in_kinto = kinto_celery_listeners(config)
+    if in_kinto:
+        raise ConfigurationError(
+            "kinto.includes",
+            "notifier",
+            f"kinto.includes = notifier or a notifier.listeners.celery event listener "
+            f"({', '.join(in_kinto)}), not both: each would publish every event",
+        )
+    publisher = CeleryPublisher(publishing.broker_url, publishing.publish_timeout)
+    config.registry["notifier.settings"] = publishing
     config.registry["notifier.publisher"] = publisher
-    subscriber = Subscriber(settings, publisher)
     # notifier's AfterResourceChanged, and Kinto's with kinto.includes = notifier.
-    for event_class in after_commit_events():
-        config.add_subscriber(subscriber, event_class)
+    Listener(Subscriber(publishing, publisher)).subscribe(config, "notifier.")

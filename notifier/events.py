@@ -47,10 +47,13 @@ class ACTIONS(enum.Enum):
 
 
 def impacted_records_of(event: Any) -> list[ImpactedRecord]:
-    """The impacted records of a notifier, Kinto or Cliquet event."""
+    """The impacted records of a notifier, Kinto or Cliquet event (a Kinto read's objects)."""
     # Kinto's events warn when asked for impacted_records, Cliquet's know no other name.
-    records = getattr(event, "impacted_objects", None)
-    return event.impacted_records if records is None else records  # type: ignore[no-any-return]
+    for name in ("impacted_objects", "read_objects"):
+        records = getattr(event, name, None)
+        if records is not None:
+            return records  # type: ignore[no-any-return]
+    return event.impacted_records  # type: ignore[no-any-return]
 
 
 class _Event:

@@ -25,11 +25,12 @@ if TYPE_CHECKING:
     from pyramid.request import Request
     from pyramid.response import Response
 
-__all__ = ["notify_resource_changed", "outermost"]
+__all__ = ["give_up", "gave_up", "notify_resource_changed", "outermost"]
 
 logger = logging.getLogger("notifier")
 
 _BUFFER = "notifier.events"
+_GAVE_UP = "notifier.gave_up"
 
 
 def notify_resource_changed(
@@ -122,3 +123,28 @@ def _after_response(request: Request, response: Response, buffer: EventBuffer) -
         return
     _before_commit(request, buffer)
     _after_commit(True, request, buffer)
+
+
+def gave_up(request: Any, publisher: object) -> bool:
+    """Whether ``publisher`` failed once already during ``request``'s transaction.
+
+    A publisher whose broker failed tries no more for the rest of the request: one wait for a
+    broker that is down or hung is enough. Each publisher keeps its own account, so that one
+    broker's failure costs nothing to another.
+    """
+    environ = _environ(request)
+    return environ is not None and id(publisher) in environ.get(_GAVE_UP, ())
+
+
+def give_up(request: Any, publisher: object) -> None:
+    """Record that ``publisher`` failed during ``request`` (see :func:`gave_up`)."""
+    environ = _environ(request)
+    if environ is not None:
+        environ.setdefault(_GAVE_UP, set()).add(id(publisher))
+
+
+def _environ(request: Any) -> dict[str, Any] | None:
+    if getattr(request, "environ", None) is None:
+        return None
+    environ: dict[str, Any] = outermost(request).environ
+    return environ

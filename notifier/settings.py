@@ -19,6 +19,7 @@ __all__ = [
     "NotifierSettings",
     "Options",
     "environment_variable",
+    "parse_bool",
     "parse_seconds",
     "parse_settings",
     "split_names",
@@ -89,19 +90,23 @@ class Options:
             )
 
     def get(self, name: str, default: str = "") -> tuple[str, str]:
-        """The key a value came from and the value as a string (lists joined by new lines)."""
+        """The key a value came from, as the operator wrote it, and the value as a string
+        (lists joined by new lines)."""
         key = self.prefix + name
         if self.env_prefix is not None:
-            variable = environment_variable(f"{self.env_prefix}{key}")
+            written = f"{self.env_prefix}{key}"  # Kinto's settings lose their "kinto." prefix
+            variable = environment_variable(written)
             if variable in self.environ:
                 return variable, self.environ[variable]
+        else:
+            written = key
         value = self.settings.get(key)
         if value is None:
-            return key, default
+            return written, default
         # Settings set in code may be lists or numbers; an ini file gives strings.
         if isinstance(value, list | tuple | set | frozenset):
-            return key, "\n".join(map(str, value))
-        return key, str(value)
+            return written, "\n".join(map(str, value))
+        return written, str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,19 @@ class EventFilter:
                 f"not {bad[0]!r}",
             )
         return cls(actions, resources)
+
+
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True}
+_BOOLEANS |= {"false": False, "no": False, "off": False, "0": False}
+
+
+def parse_bool(options: Options, name: str, default: str) -> bool:
+    """``true`` or ``false`` (also yes/no, on/off, 1/0)."""
+    key, value = options.get(name, default)
+    try:
+        return _BOOLEANS[value.strip().lower()]
+    except KeyError:
+        raise ConfigurationError(key, value, "true or false") from None
 
 
 def parse_seconds(options: Options, name: str, default: str) -> float:

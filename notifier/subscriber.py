@@ -8,14 +8,13 @@ from uuid import uuid4
 
 from notifier.events import impacted_records_of
 from notifier.message import Message, encode
-from notifier.request import outermost
+from notifier.request import gave_up, give_up, outermost
 from notifier.settings import NotifierSettings
 
 __all__ = ["Publisher", "Subscriber"]
 
 logger = logging.getLogger("notifier")
 
-_BROKER_FAILED = "notifier.broker_failed"
 _POSITIONS = "notifier.positions"
 
 
@@ -50,15 +49,14 @@ class Subscriber:
             f"event {event_id} ({action} {resource_name} {event.payload.get('uri')}, "
             f"{len(impacted_records)} records) to queue {queue}"
         )
-        # What one request shares (its id, its broker's health, the positions of its records)
-        # is kept with the outermost request: a Kinto batch's subrequests are one request.
-        environ = getattr(outermost(event.request), "environ", None) if event.request else None
-        if environ is not None and environ.get(_BROKER_FAILED):
-            # One wait for a broker that failed is enough for a request.
+        if gave_up(event.request, self):
             logger.error(
                 "could not publish %s: the broker failed earlier in this request", identity
             )
             return
+        # What one request shares (its id, the positions of its records) is kept with the
+        # outermost request: a Kinto batch's subrequests are one request.
+        environ = getattr(outermost(event.request), "environ", None) if event.request else None
         try:
             message = encode(
                 event.payload,
@@ -71,8 +69,7 @@ class Subscriber:
         except Exception:
             # The boundary that must not fail: log with the event's identity, never raise.
             logger.exception("could not publish %s", identity)
-            if environ is not None:
-                environ[_BROKER_FAILED] = True
+            give_up(event.request, self)
         else:
             logger.debug("published %s", identity)
 

@@ -35,6 +35,7 @@ __all__ = [
     "after_commit_events",
     "env_prefix",
     "include_listeners",
+    "kinto_celery_listeners",
     "listener_options",
 ]
 
@@ -56,13 +57,13 @@ class ListenerBase:
 
 @functools.cache
 def after_commit_events() -> tuple[type, ...]:
-    """The event classes notified once a transaction committed: notifier's, and Kinto's where
-    Kinto is installed."""
+    """The event classes notified once a transaction committed: notifier's, and Kinto's
+    (changes, and reads) where Kinto is installed."""
     try:
-        from kinto.core.events import AfterResourceChanged as KintoAfterResourceChanged
+        from kinto.core import events as kinto
     except ImportError:
         return (AfterResourceChanged,)
-    return (AfterResourceChanged, KintoAfterResourceChanged)
+    return (AfterResourceChanged, kinto.AfterResourceChanged, kinto.AfterResourceRead)
 
 
 class AfterCommitListener(ListenerBase):
@@ -147,6 +148,18 @@ def include_listeners(config: Configurator, prefix: str = "notifier.") -> None:
         listener = load_from_config(config, listener_prefix)
         event_filter = EventFilter.parse(listener_options(config, listener_prefix))
         config.add_subscriber(_guarded(short_name, listener, event_filter), ResourceChanged)
+
+
+def kinto_celery_listeners(config: Configurator) -> list[str]:
+    """The names of the Kinto event listeners that use ``notifier.listeners.celery``."""
+    settings = config.get_settings()
+    if settings.get("settings_prefix") != "kinto":
+        return []
+    return [
+        name
+        for name in split_names(str(settings.get("event_listeners") or ""))
+        if (settings.get(f"event_listeners.{name}.use") or name) == "notifier.listeners.celery"
+    ]
 
 
 def _guarded(name: str, listener: Any, event_filter: EventFilter) -> Any:

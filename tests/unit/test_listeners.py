@@ -644,8 +644,6 @@ def test_the_celery_listener_uses_its_own_broker_url_timeout_routes_and_filters(
         monkeypatch,
         {
             **CELERY,
-            "notifier.broker_url": "redis://not-this-one:6379/0",
-            "notifier.routes": "*.*=not-this-queue",
             "notifier.event_listeners.celery.broker_url": "redis://listener-broker:6379/3",
             "notifier.event_listeners.celery.publish_timeout": "2",
             "notifier.event_listeners.celery.routes": "article.*=articles *.*=others",
@@ -867,3 +865,27 @@ def test_a_kinto_event_of_another_request_starts_at_zero_with_its_own_request_id
     first, second = publisher.messages
     assert first.positions == second.positions == [0]
     assert first.request_id != second.request_id
+
+
+@pytest.mark.parametrize("setting", ["broker_url", "routes", "actions"])
+def test_publishing_settings_beside_configured_listeners_fail_at_start_up(monkeypatch, setting):
+    with pytest.raises(ConfigurationError) as raised:
+        make_app(monkeypatch, {**CELERY, f"notifier.{setting}": "anything"})
+
+    assert str(raised.value).startswith(f"notifier.{setting} = 'anything' is not valid")
+    assert f"e.g. notifier.event_listeners.celery.{setting}" in str(raised.value)
+
+
+def test_kinto_includes_notifier_beside_a_celery_event_listener_fails_at_start_up(monkeypatch):
+    settings = {
+        "settings_prefix": "kinto",
+        "event_listeners": "celery",
+        "event_listeners.celery.use": "notifier.listeners.celery",
+    }
+
+    with pytest.raises(ConfigurationError) as raised, Configurator(settings=settings) as config:
+        config.include("notifier")
+
+    assert "kinto.includes = notifier or a notifier.listeners.celery event listener (celery)" in (
+        str(raised.value)
+    )

@@ -34,7 +34,11 @@ EVERYTHING = EventFilter.parse(Options({}, "x.", None))
 class DownRedis:
     """A client whose Redis is gone."""
 
+    def __init__(self):
+        self.attempts = 0
+
     def lpush(self, name, *values):
+        self.attempts += 1
         raise redis.ConnectionError("Error 111 connecting to localhost:6379. Connection refused.")
 
 
@@ -126,8 +130,9 @@ def pools(monkeypatch, server):
     calls = []
 
     def from_url(url, **options):
-        calls.append((url, options))
-        return fakeredis.FakeRedis(server=server).connection_pool
+        pool = fakeredis.FakeRedis(server=server).connection_pool
+        calls.append((url, options, pool))
+        return pool
 
     monkeypatch.setattr(redis.BlockingConnectionPool, "from_url", from_url)
     return calls
@@ -216,33 +221,33 @@ def test_a_rolled_back_request_pushes_nothing(make_app, reader):
 def test_the_pool_has_bounded_timeouts_and_the_default_url_and_size(make_app, pools):
     make_app()
 
-    assert pools == [
-        (
-            "redis://localhost:6379/0",
-            {
-                "max_connections": 25,
-                "timeout": 0.5,
-                "socket_connect_timeout": 0.5,
-                "socket_timeout": 0.5,
-            },
-        )
-    ]
+    [(url, options, pool)] = pools
+    assert (url, options) == ("redis://localhost:6379/0", {"max_connections": 25, "timeout": 0.5})
+    assert pool.connection_kwargs["socket_connect_timeout"] == 0.5
+    assert pool.connection_kwargs["socket_timeout"] == 0.5
 
 
 def test_the_url_pool_size_and_timeout_come_from_the_listeners_options(make_app, pools):
     make_app({"url": "redis://cache:6379/2", "pool_size": "5", "timeout": "0.2"})
 
-    assert pools == [
-        (
-            "redis://cache:6379/2",
-            {
-                "max_connections": 5,
-                "timeout": 0.2,
-                "socket_connect_timeout": 0.2,
-                "socket_timeout": 0.2,
-            },
-        )
-    ]
+    [(url, options, pool)] = pools
+    assert (url, options) == ("redis://cache:6379/2", {"max_connections": 5, "timeout": 0.2})
+    assert pool.connection_kwargs["socket_connect_timeout"] == 0.2
+    assert pool.connection_kwargs["socket_timeout"] == 0.2
+
+
+def test_timeouts_in_the_url_do_not_loosen_the_listeners_bounds(make_app, pools):
+    make_app({"url": "redis://cache:6379/2?socket_timeout=30", "timeout": "0.2"})
+
+    [(_, _, pool)] = pools
+    assert pool.connection_kwargs["socket_timeout"] == 0.2
+
+
+def test_pool_timeout_bounds_the_wait_for_a_free_connection(make_app, pools):
+    make_app({"pool_timeout": "0.1"})
+
+    [(_, options, _)] = pools
+    assert options["timeout"] == 0.1
 
 
 def test_events_are_pushed_into_the_list_named_by_listname(make_app, reader):
@@ -311,7 +316,7 @@ def test_environment_variables_override_the_listeners_options(make_app, pools, r
 
     make_app({"url": "redis://from-settings:6379/0", "listname": "from-settings"}).post("/changes")
 
-    assert [url for url, _ in pools] == ["redis://from-environ:6379/7"]
+    assert [url for url, _, _ in pools] == ["redis://from-environ:6379/7"]
     ((payload),) = pushed(reader, "from-environ")
     assert payload["action"] == "update"
     assert payload["impacted_objects"] == [{"new": {"id": "c1"}, "old": {"id": "c1"}}]
@@ -357,7 +362,7 @@ def test_the_listener_loaded_as_kinto_loads_it_reads_kintos_variables(pools, rea
     listener = redis_listener.load_from_config(config, "event_listeners.redis.")
     listener(kinto_event(KintoAfterResourceChanged))
 
-    assert [url for url, _ in pools] == ["redis://kinto-cache:6379/1"]
+    assert [url for url, _, _ in pools] == ["redis://kinto-cache:6379/1"]
     assert listener.listname == "from-environ"
     assert reader.llen("from-environ") == 1
 
@@ -524,3 +529,22 @@ def test_a_bad_redis_listener_option_from_the_environment_names_the_variable(
 
     assert error.value.key == variable
     assert str(error.value).startswith(f"{variable} = {value!r} is not valid: ")
+
+
+def test_after_a_redis_error_a_request_pushes_no_more_and_the_next_request_tries_again(caplog):
+    client = DownRedis()
+    listener = redis_listener.Listener(client, LIST, EVERYTHING)
+    request, next_request = FakeRequest(), FakeRequest()
+
+    with caplog.at_level(logging.ERROR, logger="notifier"):
+        for article_id in ("a1", "a2", "a3"):
+            event = article_event(article_id=article_id)
+            event.request = request
+            listener(event)
+    assert client.attempts == 1
+    assert caplog.records[-1].getMessage().endswith("Redis failed earlier in this request")
+
+    event = article_event()
+    event.request = next_request
+    listener(event)
+    assert client.attempts == 2

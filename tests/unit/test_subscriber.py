@@ -194,3 +194,17 @@ def test_a_broker_error_in_one_request_does_not_stop_the_next_request_from_tryin
     publish(after_commit(request=FakeRequest()))
 
     assert publisher.attempts == 2
+
+
+def test_one_brokers_failure_does_not_keep_another_publisher_from_the_request():
+    broken, working = CountingBrokenPublisher(), RecordingPublisher()
+    down, up = subscriber(broken), subscriber(working)
+    request = FakeRequest()
+
+    for action in ("create", "update"):
+        event = after_commit(action=action, request=request)
+        down(event)
+        up(event)
+
+    assert broken.attempts == 1
+    assert [message.action for message, _ in working.published] == ["create", "update"]
