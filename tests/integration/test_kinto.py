@@ -205,3 +205,33 @@ def test_kinto_includes_notifier_publishes_kintos_committed_events(
         assert record_event["impacted_objects"] == [{"new": created["data"]}]
     finally:
         server.stop()
+
+
+def test_kinto_with_the_redis_listener_pushes_committed_writes_and_reads_when_asked(
+    redis_server, redis_client, tmp_path
+):
+    server = KintoServer(
+        tmp_path,
+        "kinto.event_listeners = redis\n"
+        "kinto.event_listeners.redis.use = notifier.listeners.redis\n"
+        f"kinto.event_listeners.redis.url = {redis_server.url}\n"
+        "kinto.event_listeners.redis.actions = create read\n"
+        "kinto.event_listeners.redis.resources = record\n",
+        name="kinto-redis",
+    )
+    try:
+        bucket_id, records = new_bucket(server)
+        _, created = call("POST", records, {"data": {"title": "read me"}})
+        call("GET", f"{records}/{created['data']['id']}")
+
+        # kinto-redis's list, popped in the order the events happened.
+        popped = [
+            json.loads(redis_client.brpop(["kinto.core.events"], timeout=10)[1]) for _ in "ab"
+        ]
+        assert [(p["action"], p["resource_name"], p["bucket_id"]) for p in popped] == [
+            ("create", "record", bucket_id),
+            ("read", "record", bucket_id),
+        ]
+        assert set(popped[0]) == kinto_fixture_payload_keys("create_record_1")
+    finally:
+        server.stop()
