@@ -24,6 +24,7 @@ from notifier.listeners import celery as celery_listener
 from notifier.settings import parse_settings
 from notifier.subscriber import Subscriber
 from tests.unit.conftest import kinto_events
+from tests.unit.fakes import RecordingDataManager
 
 THIS_MODULE = __name__
 
@@ -95,38 +96,6 @@ class RecordingPublisher:
     @property
     def messages(self):
         return [message for message, _ in self.published]
-
-
-class RecordingDataManager:
-    """A transaction participant that writes down when the transaction commits or aborts."""
-
-    def __init__(self, transaction_manager, timeline):
-        self.transaction_manager = transaction_manager
-        self.timeline = timeline
-        self.committed = False
-
-    def sortKey(self):  # the name transaction calls
-        return "recording"
-
-    def tpc_begin(self, transaction):
-        pass
-
-    def commit(self, transaction):
-        pass
-
-    def tpc_vote(self, transaction):
-        pass
-
-    def tpc_finish(self, transaction):
-        self.committed = True
-        self.timeline.append("committed")
-
-    def tpc_abort(self, transaction):
-        self.timeline.append("aborted")
-
-    def abort(self, transaction):
-        if not self.committed:
-            self.timeline.append("aborted")
 
 
 def join_recording_transaction(request):

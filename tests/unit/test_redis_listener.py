@@ -24,6 +24,7 @@ from notifier.events import AfterResourceChanged, ResourceChanged
 from notifier.listeners import redis as redis_listener
 from notifier.settings import EventFilter, Options
 from tests.unit.conftest import kinto_events
+from tests.unit.fakes import RecordingDataManager
 
 LIST = "notifier.events"
 EVERYTHING = EventFilter.parse(Options({}, "x.", None))
@@ -42,33 +43,15 @@ class DownRedis:
         raise redis.ConnectionError("Error 111 connecting to localhost:6379. Connection refused.")
 
 
-class CommitWatcher:
+class CommitWatcher(RecordingDataManager):
     """A transaction participant that looks at the Redis list when the transaction commits."""
 
     def __init__(self, reader, seen):
+        super().__init__(None, seen)
         self.reader = reader
-        self.seen = seen
 
-    def sortKey(self):  # the name transaction calls
-        return "commit-watcher"
-
-    def tpc_begin(self, transaction):
-        pass
-
-    def commit(self, transaction):
-        pass
-
-    def tpc_vote(self, transaction):
-        pass
-
-    def tpc_finish(self, transaction):
-        self.seen.append(("committed with", self.reader.llen(LIST)))
-
-    def tpc_abort(self, transaction):
-        pass
-
-    def abort(self, transaction):
-        pass
+    def commit_note(self):
+        return ("committed with", self.reader.llen(LIST))
 
 
 # -- the app -------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from webtest import TestApp
 
 from notifier.events import AfterResourceChanged, ResourceChanged
 from notifier.message import decode
+from tests.unit.fakes import RecordingDataManager
 
 
 class RecordingPublisher:
@@ -43,41 +44,6 @@ class BrokenPublisher(RecordingPublisher):
     def publish(self, message, queue):
         self.published.append((message, queue))
         raise ConnectionError("Error 111 connecting to localhost:6379. Connection refused.")
-
-
-class RecordingDataManager:
-    """A transaction participant that writes down when the transaction commits or aborts."""
-
-    def __init__(self, transaction_manager, timeline, fail_on_commit=False):
-        self.transaction_manager = transaction_manager
-        self.timeline = timeline
-        self.fail_on_commit = fail_on_commit
-        self.committed = False
-
-    def sortKey(self):  # the name transaction calls
-        return "recording"
-
-    def tpc_begin(self, transaction):
-        pass
-
-    def commit(self, transaction):
-        if self.fail_on_commit:
-            raise RuntimeError("the database refused the commit")
-
-    def tpc_vote(self, transaction):
-        pass
-
-    def tpc_finish(self, transaction):
-        self.committed = True
-        self.timeline.append("committed")
-
-    def tpc_abort(self, transaction):
-        self.timeline.append("aborted")
-
-    def abort(self, transaction):
-        # transaction also calls abort after a commit, to clean up: that is no abort.
-        if not self.committed:
-            self.timeline.append("aborted")
 
 
 def notify_create(request, article_id="a1"):
