@@ -1,4 +1,6 @@
-"""Fakes shared by the unit tests, at our own edges."""
+"""Fakes and views shared by the unit tests, at our own edges."""
+
+from pyramid.response import Response
 
 
 class RecordingDataManager:
@@ -38,3 +40,12 @@ class RecordingDataManager:
         # transaction also calls abort after a commit, to clean up: that is no abort.
         if not self.committed:
             self.timeline.append("aborted")
+
+
+def changes_view(request):
+    """One change of each action: create, update, delete and read, on two resources."""
+    request.notify_resource_changed("create", "article", "a1", new={"id": "a1"})
+    request.notify_resource_changed("update", "comment", "c1", new={"id": "c1"}, old={"id": "c1"})
+    request.notify_resource_changed("delete", "article", "a2", old={"id": "a2"})
+    request.notify_resource_changed("read", "article", "a3", new={"id": "a3"})
+    return Response("changed")

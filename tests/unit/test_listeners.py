@@ -24,7 +24,7 @@ from notifier.listeners import celery as celery_listener
 from notifier.settings import parse_settings
 from notifier.subscriber import Subscriber
 from tests.unit.conftest import kinto_events
-from tests.unit.fakes import RecordingDataManager
+from tests.unit.fakes import RecordingDataManager, changes_view
 
 THIS_MODULE = __name__
 
@@ -107,15 +107,6 @@ def create_view(request):
     join_recording_transaction(request)
     request.notify_resource_changed("create", "article", "a1", new={"id": "a1"})
     return Response("created", status=201)
-
-
-def changes_view(request):
-    """One change of each action: create, update, delete and read, on two resources."""
-    request.notify_resource_changed("create", "article", "a1", new={"id": "a1"})
-    request.notify_resource_changed("update", "comment", "c1", new={"id": "c1"}, old={"id": "c1"})
-    request.notify_resource_changed("delete", "article", "a2", old={"id": "a2"})
-    request.notify_resource_changed("read", "article", "a3", new={"id": "a3"})
-    return Response("changed")
 
 
 def doomed_view(request):

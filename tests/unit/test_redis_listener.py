@@ -24,7 +24,7 @@ from notifier.events import AfterResourceChanged, ResourceChanged
 from notifier.listeners import redis as redis_listener
 from notifier.settings import EventFilter, Options
 from tests.unit.conftest import kinto_events
-from tests.unit.fakes import RecordingDataManager
+from tests.unit.fakes import RecordingDataManager, changes_view
 
 LIST = "notifier.events"
 EVERYTHING = EventFilter.parse(Options({}, "x.", None))
@@ -66,15 +66,6 @@ def create_view(request):
         "create", "article", article_id, new={"id": article_id, "last_modified": 1700000000000}
     )
     return Response("created", status=201)
-
-
-def changes_view(request):
-    """One change of each action: create, update, delete and read, on two resources."""
-    request.notify_resource_changed("create", "article", "a1", new={"id": "a1"})
-    request.notify_resource_changed("update", "comment", "c1", new={"id": "c1"}, old={"id": "c1"})
-    request.notify_resource_changed("delete", "article", "a2", old={"id": "a2"})
-    request.notify_resource_changed("read", "article", "a3", new={"id": "a3"})
-    return Response("changed")
 
 
 def doomed_view(request):
