@@ -36,6 +36,13 @@ def call(method: str, url: str, body: dict[str, Any] | None = None, *, show: boo
     return answer
 
 
+def show(search: Any, query: str) -> None:
+    found = search(query)
+    print(f"GET /search?q={query}: {len(found)} result(s)")
+    for article in found:
+        print(f"  - {article}")
+
+
 def broker_answers(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
@@ -81,29 +88,32 @@ def main() -> int:
         draft = call(
             "POST", f"{web.url}/articles", {"title": "Draft about workers", "body": "To be deleted"}
         )
+
+        def search(query: str) -> list[str]:
+            found = call("GET", f"{web.url}/search?q={query}", show=False)["data"]
+            return sorted(f"{article['title']}: {article['body']}" for article in found)
+
+        def wait_for_the_worker(what: str, done: Any) -> None:
+            started = time.monotonic()
+            print(f"waiting for the worker to {what}...")
+            wait_until(done, 30, f"the worker to {what}")
+            print(f"done in {time.monotonic() - started:.2f} s")
+
+        wait_for_the_worker("index them", lambda: len(search("workers")) == 3)
+        show(search, "workers")
+
         call(
             "PATCH",
             f"{web.url}/articles/{redis_article['data']['id']}",
             {"body": "Lists, queues and celery workers"},
         )
         call("DELETE", f"{web.url}/articles/{draft['data']['id']}")
-
-        def indexed() -> bool:
-            found = call("GET", f"{web.url}/search?q=workers", show=False)["data"]
-            return sorted(article["title"] for article in found) == [
-                "Pyramid transactions",
-                "Redis as a broker",
-            ]
-
-        started = time.monotonic()
-        print("waiting for the worker to index them...")
-        wait_until(indexed, 30, "the search index holding the two articles about workers")
-        print(f"indexed in {time.monotonic() - started:.2f} s")
+        wait_for_the_worker(
+            "apply the update and the delete",
+            lambda: search("celery") != [] and search("draft") == [],
+        )
         for query in ("workers", "celery", "draft"):
-            found = call("GET", f"{web.url}/search?q={query}", show=False)["data"]
-            print(f"GET /search?q={query}: {len(found)} result(s)")
-            for article in found:
-                print(f"  - {article['title']}: {article['body']}")
+            show(search, query)
         print("stopping the processes the demo started")
     return 0
 
