@@ -154,7 +154,11 @@ class WebApp(Process):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "examples.articles", "--port", str(self.port)]
-        environ = {"ARTICLES_DATABASE_URL": f"sqlite:///{directory}/articles.sqlite3", **env}
+        environ = {
+            "ARTICLES_DATABASE_URL": f"sqlite:///{directory}/articles.sqlite3",
+            "NOTIFIER_SPOOL_DIR": str(directory / "spool"),
+            **env,
+        }
         super().__init__(name, argv, directory / f"{name}.log", {**os.environ, **environ})
         self.wait_until_ready(self.answers, 30, f"{name} answering on port {self.port}")
 

@@ -45,6 +45,7 @@ def includeme(config: Configurator) -> None:
     from notifier.publisher import CeleryPublisher
     from notifier.request import notify_resource_changed
     from notifier.settings import DEFAULTS, Options, parse_settings
+    from notifier.spool import Spool
     from notifier.subscriber import Subscriber
 
     config.add_request_method(notify_resource_changed, "notify_resource_changed")
@@ -73,7 +74,8 @@ def includeme(config: Configurator) -> None:
             f"({', '.join(in_kinto)}), not both: each would publish every event",
         )
     publisher = CeleryPublisher(publishing.broker_url, publishing.publish_timeout)
+    spool = Spool(publishing.spool_dir, publisher.publish, publishing.spool_retry)
     config.registry["notifier.settings"] = publishing
     config.registry["notifier.publisher"] = publisher
     # notifier's AfterResourceChanged, and Kinto's with kinto.includes = notifier.
-    Listener(Subscriber(publishing, publisher)).subscribe(config, "notifier.")
+    Listener(Subscriber(publishing, publisher, spool)).subscribe(config, "notifier.")

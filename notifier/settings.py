@@ -34,6 +34,8 @@ DEFAULTS: dict[str, str | None] = {
     "actions": "create update delete",
     "resources": "",  # empty: every resource
     "publish_timeout": "0.5",
+    "spool_dir": None,  # $NOTIFIER_SPOOL_DIR, else notifier-spool in the working directory
+    "spool_retry": "1",
 }
 
 _BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "memory")
@@ -180,6 +182,8 @@ class NotifierSettings(EventFilter):
     broker_url: str
     routing: RoutingTable
     publish_timeout: float
+    spool_dir: str
+    spool_retry: float
 
 
 def parse_settings(
@@ -214,6 +218,19 @@ def parse_settings(
         routes_key, routes = "NOTIFIER_ROUTES", environ.get("NOTIFIER_ROUTES", "")
     routing = RoutingTable.parse(routes, key=routes_key)
 
+    spool_key, spool_dir = options.get("spool_dir")
+    if not spool_dir:
+        spool_key = "NOTIFIER_SPOOL_DIR"
+        spool_dir = environ.get(spool_key, "notifier-spool")
+    # Checked now, not when the broker first fails: the spool must be there when it does.
+    existing = os.path.abspath(spool_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise ConfigurationError(
+            spool_key, spool_dir, "a directory this process can create or write to"
+        )
+
     event_filter = EventFilter.parse(options)
     return NotifierSettings(
         actions=event_filter.actions,
@@ -221,4 +238,6 @@ def parse_settings(
         broker_url=broker_url,
         routing=routing,
         publish_timeout=parse_seconds(options, "publish_timeout", "0.5"),
+        spool_dir=spool_dir,
+        spool_retry=parse_seconds(options, "spool_retry", "1"),
     )

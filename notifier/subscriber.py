@@ -10,6 +10,7 @@ from notifier.events import impacted_records_of
 from notifier.message import Message, encode
 from notifier.request import gave_up, give_up, outermost
 from notifier.settings import NotifierSettings
+from notifier.spool import Spool
 
 __all__ = ["Publisher", "Subscriber"]
 
@@ -26,13 +27,18 @@ class Subscriber:
     """Called by Pyramid with each ``AfterResourceChanged`` event, notifier's or Kinto's.
 
     It filters the event with its settings' actions and resources, serialises it, chooses its
-    queue from the routing table and publishes it. It never raises: the transaction is already
-    committed, and a broker error must not fail the request.
+    queue from the routing table and publishes it. A message the broker does not take is kept
+    in the spool, which publishes it later; while the spool holds messages, new ones queue
+    behind them. It never raises: the transaction is already committed, and a broker error
+    must not fail the request.
     """
 
-    def __init__(self, settings: NotifierSettings, publisher: Publisher) -> None:
+    def __init__(
+        self, settings: NotifierSettings, publisher: Publisher, spool: Spool | None = None
+    ) -> None:
         self.settings = settings
         self.publisher = publisher
+        self.spool = spool
 
     def __call__(self, event: Any) -> None:
         resource_name = event.payload.get("resource_name")
@@ -49,11 +55,6 @@ class Subscriber:
             f"event {event_id} ({action} {resource_name} {event.payload.get('uri')}, "
             f"{len(impacted_records)} records) to queue {queue}"
         )
-        if gave_up(event.request, self):
-            logger.error(
-                "could not publish %s: the broker failed earlier in this request", identity
-            )
-            return
         # What one request shares (its id, the positions of its records) is kept with the
         # outermost request: a Kinto batch's subrequests are one request.
         environ = getattr(outermost(event.request), "environ", None) if event.request else None
@@ -65,13 +66,36 @@ class Subscriber:
                 request_id=_request_id(environ),
                 event_id=event_id,
             )
-            self.publisher.publish(message, queue)
         except Exception:
             # The boundary that must not fail: log with the event's identity, never raise.
+            logger.exception("could not publish %s: it cannot be serialised", identity)
+            return
+        if gave_up(event.request, self):
+            self._keep(message, queue, f"{identity}: the broker failed earlier in this request")
+            return
+        if self.spool is not None and self.spool.holds_messages():
+            self._keep(message, queue, f"{identity}: behind messages the broker did not take")
+            return
+        try:
+            self.publisher.publish(message, queue)
+        except Exception:
             logger.exception("could not publish %s", identity)
             give_up(event.request, self)
+            if self.spool is not None:
+                self._keep(message, queue, identity)
         else:
             logger.debug("published %s", identity)
+
+    def _keep(self, message: Message, queue: str, identity: str) -> None:
+        if self.spool is None:
+            logger.error("could not publish %s", identity)
+            return
+        try:
+            self.spool.keep(message, queue)
+        except Exception:
+            logger.exception("could not publish %s, nor keep it in the spool: lost", identity)
+        else:
+            logger.warning("kept %s in the spool, to publish later", identity)
 
 
 def _request_id(environ: dict[str, Any] | None) -> str:

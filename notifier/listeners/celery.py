@@ -15,8 +15,9 @@ In Kinto::
     kinto.event_listeners.celery.resources = record collection
 
 Options (each also from ``<PROJECT>_EVENT_LISTENERS_CELERY_<OPTION>``): ``broker_url``,
-``routes``, ``publish_timeout``, ``actions``, ``resources``, with the defaults of the
-``notifier.*`` settings. Kinto calls the listener before the commit; it publishes after it.
+``routes``, ``publish_timeout``, ``spool_dir``, ``spool_retry``, ``actions``,
+``resources``, with the defaults of the ``notifier.*`` settings. Kinto calls the listener
+before the commit; it publishes after it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from notifier import publisher
 from notifier.listeners import AfterCommitListener, env_prefix
 from notifier.settings import parse_settings
+from notifier.spool import Spool
 from notifier.subscriber import Subscriber
 
 if TYPE_CHECKING:
@@ -52,10 +54,9 @@ def load_from_config(config: Configurator, prefix: str) -> Listener:
         env_prefix=env_prefix(config, prefix),
         others=("use",),
     )
-    listener = Listener(
-        Subscriber(
-            settings, publisher.CeleryPublisher(settings.broker_url, settings.publish_timeout)
-        )
-    )
+    celery = publisher.CeleryPublisher(settings.broker_url, settings.publish_timeout)
+    name = prefix.rstrip(".").rsplit(".", 1)[-1]
+    spool = Spool(settings.spool_dir, celery.publish, settings.spool_retry, name=name)
+    listener = Listener(Subscriber(settings, celery, spool))
     listener.subscribe(config, prefix)
     return listener

@@ -58,7 +58,8 @@ class KintoServer(Process):
             f"[server:main]\nuse = egg:waitress#main\nlisten = 127.0.0.1:{self.port}\n"
         )
         argv = [sys.executable, "-m", "pyramid.scripts.pserve", str(ini)]
-        super().__init__(name, argv, directory / f"{name}.log", os.environ)
+        env = {**os.environ, "NOTIFIER_SPOOL_DIR": str(directory / f"{name}-spool")}
+        super().__init__(name, argv, directory / f"{name}.log", env)
         self.wait_until_ready(self.answers, 60, f"{name} answering on port {self.port}")
 
     def answers(self) -> bool:

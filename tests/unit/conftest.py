@@ -16,7 +16,9 @@ def kinto_events(event_class=None):
 
 
 @pytest.fixture(autouse=True)
-def no_notifier_environ(monkeypatch):
-    """Keep the process environment out of notifier's settings and of Celery's broker URL."""
+def no_notifier_environ(monkeypatch, tmp_path):
+    """Keep the process environment out of notifier's settings and of Celery's broker URL, and
+    each test's spool in a directory of its own."""
+    monkeypatch.setenv("NOTIFIER_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     monkeypatch.delenv("NOTIFIER_ROUTES", raising=False)
