@@ -13,21 +13,26 @@ A message, schema version 1::
       "action": "create",
       "payload": {...},               # Cliquet's payload, unchanged
       "impacted_records": [{"new": {...}, "old": {...}}, ...],
-      "positions": [0, 3]             # each record's place in the request's chronological order
+      "positions": [0, 3],            # each record's place in the request's chronological order
+      "part": 0, "parts": 1           # an event too large for one message comes in parts
     }
+
+An event whose records would make a message larger than a bound is split (:func:`split`) into
+parts that share its ``event_id`` and payload, each with some of its records, in order.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from notifier.errors import MalformedMessage
 from notifier.events import ACTIONS
 
-__all__ = ["DISPATCH_TASK", "SCHEMA_VERSION", "Message", "decode", "encode"]
+__all__ = ["DISPATCH_TASK", "SCHEMA_VERSION", "Message", "decode", "encode", "split"]
 
 #: The name of the worker task that receives every message.
 DISPATCH_TASK = "notifier.dispatch"
@@ -48,7 +53,14 @@ class Message:
     payload: dict[str, Any]
     impacted_records: list[dict[str, Any]]
     positions: list[int]
+    part: int = 0
+    parts: int = 1
     version: int = SCHEMA_VERSION
+
+    @property
+    def task_id(self) -> str:
+        """The id of this message's task: the event's, and the part's when there are several."""
+        return self.event_id if self.parts == 1 else f"{self.event_id}.{self.part}"
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready form sent as the dispatch task's only argument."""
@@ -61,6 +73,8 @@ class Message:
             "payload": self.payload,
             "impacted_records": self.impacted_records,
             "positions": self.positions,
+            "part": self.part,
+            "parts": self.parts,
         }
 
 
@@ -130,6 +144,10 @@ def decode(data: object) -> Message:
         raise MalformedMessage(f"positions is not a list as long as {records_key}")
     if not all(isinstance(p, int) for p in positions):
         raise MalformedMessage("positions holds something other than integers")
+    # Messages written before parts existed are whole events.
+    part, parts = data.get("part", 0), data.get("parts", 1)
+    if not (isinstance(part, int) and isinstance(parts, int) and 0 <= part < parts):
+        raise MalformedMessage(f"part {part!r} of {parts!r} is not a part of an event")
     for key in ("event_id", "request_id"):
         if not isinstance(data[key], str) or not data[key]:
             raise MalformedMessage(f"{key} is not a non-empty string")
@@ -141,4 +159,30 @@ def decode(data: object) -> Message:
         payload=dict(payload),
         impacted_records=[dict(record) for record in records],
         positions=positions,
+        part=part,
+        parts=parts,
     )
+
+
+def split(message: Message, max_bytes: int) -> list[Message]:
+    """``message`` as parts whose records take at most about ``max_bytes`` of JSON each (a
+    record larger than that travels alone), in order; one part when it fits."""
+    if not message.impacted_records:
+        return [message]
+    groups: list[tuple[list[dict[str, Any]], list[int]]] = [([], [])]
+    size = 0
+    for record, position in zip(message.impacted_records, message.positions, strict=True):
+        record_size = len(json.dumps(record, default=str)) + 2
+        records, positions = groups[-1]
+        if records and size + record_size > max_bytes:
+            groups.append(([], []))
+            records, positions, size = *groups[-1], 0
+        records.append(record)
+        positions.append(position)
+        size += record_size
+    if len(groups) == 1:
+        return [message]
+    return [
+        replace(message, impacted_records=records, positions=positions, part=n, parts=len(groups))
+        for n, (records, positions) in enumerate(groups)
+    ]

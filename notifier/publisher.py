@@ -45,7 +45,7 @@ class CeleryPublisher:
             DISPATCH_TASK,
             args=[message.as_dict()],
             queue=queue,
-            task_id=message.event_id,
+            task_id=message.task_id,
             retry=False,
         )
 

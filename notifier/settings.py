@@ -36,6 +36,7 @@ DEFAULTS: dict[str, str | None] = {
     "publish_timeout": "0.5",
     "spool_dir": None,  # $NOTIFIER_SPOOL_DIR, else notifier-spool in the working directory
     "spool_retry": "1",
+    "max_message_size": "262144",  # bytes of records per message: a larger event comes in parts
 }
 
 _BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "memory")
@@ -184,6 +185,7 @@ class NotifierSettings(EventFilter):
     publish_timeout: float
     spool_dir: str
     spool_retry: float
+    max_message_size: int
 
 
 def parse_settings(
@@ -240,4 +242,12 @@ def parse_settings(
         publish_timeout=parse_seconds(options, "publish_timeout", "0.5"),
         spool_dir=spool_dir,
         spool_retry=parse_seconds(options, "spool_retry", "1"),
+        max_message_size=_parse_size(options, "max_message_size", "262144"),
     )
+
+
+def _parse_size(options: Options, name: str, default: str) -> int:
+    key, value = options.get(name, default)
+    if not re.fullmatch(r"[0-9]+", value) or not 1024 <= int(value) <= 64 * 1024 * 1024:
+        raise ConfigurationError(key, value, "a number of bytes from 1024 to 67108864 (64 MiB)")
+    return int(value)

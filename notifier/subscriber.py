@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from uuid import uuid4
 
 from notifier.events import impacted_records_of
-from notifier.message import Message, encode
+from notifier.message import Message, encode, split
 from notifier.request import gave_up, give_up, outermost
 from notifier.settings import NotifierSettings
 from notifier.spool import Spool
@@ -70,7 +70,14 @@ class Subscriber:
             # The boundary that must not fail: log with the event's identity, never raise.
             logger.exception("could not publish %s: it cannot be serialised", identity)
             return
-        if gave_up(event.request, self):
+        # An event too large for one message goes as parts, each published or kept in order.
+        for part in split(message, self.settings.max_message_size):
+            self._publish(part, queue, event.request, identity)
+
+    def _publish(self, message: Message, queue: str, request: Any, identity: str) -> None:
+        if message.parts > 1:
+            identity = f"{identity}, part {message.part + 1} of {message.parts}"
+        if gave_up(request, self):
             self._keep(message, queue, f"{identity}: the broker failed earlier in this request")
             return
         if self.spool is not None and self.spool.holds_messages():
@@ -80,7 +87,7 @@ class Subscriber:
             self.publisher.publish(message, queue)
         except Exception:
             logger.exception("could not publish %s", identity)
-            give_up(event.request, self)
+            give_up(request, self)
             if self.spool is not None:
                 self._keep(message, queue, identity)
         else:

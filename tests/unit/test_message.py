@@ -7,7 +7,7 @@ from celery import Celery
 
 from notifier.errors import MalformedMessage
 from notifier.events import AfterResourceChanged
-from notifier.message import SCHEMA_VERSION, Message, decode, encode
+from notifier.message import SCHEMA_VERSION, Message, decode, encode, split
 from notifier.settings import parse_settings
 from notifier.subscriber import Subscriber
 from tasks.event import Event
@@ -96,8 +96,11 @@ def test_the_wire_form_names_every_field():
         "payload",
         "impacted_records",
         "positions",
+        "part",
+        "parts",
     }
     assert data["version"] == 1
+    assert (data["part"], data["parts"]) == (0, 1)
 
 
 def test_kintos_name_impacted_objects_is_accepted():
@@ -320,3 +323,46 @@ def test_a_kinto_message_using_impacted_objects_decodes_into_the_same_event():
 
     assert event.impacted_objects == kinto_event["impacted_objects"]
     assert isinstance(event, Message)
+
+
+def big_event(records, record_size=100):
+    impacted = [{"new": {"id": f"r{n}", "text": "x" * record_size}} for n in range(records)]
+    return encode(PAYLOAD, impacted, list(range(records)), request_id="req-1")
+
+
+def test_an_event_that_fits_is_one_message():
+    message = big_event(10)
+
+    assert split(message, 64 * 1024) == [message]
+
+
+def test_a_large_event_travels_as_bounded_parts_in_order():
+    message = big_event(1000)  # about 130 kB of records
+
+    parts = split(message, 16 * 1024)
+
+    assert len(parts) > 1
+    assert [part.part for part in parts] == list(range(len(parts)))
+    assert {part.parts for part in parts} == {len(parts)}
+    assert {part.event_id for part in parts} == {message.event_id}
+    assert all(part.payload == message.payload for part in parts)
+    assert all(len(json.dumps(part.impacted_records)) <= 16 * 1024 for part in parts)
+    assert [r for part in parts for r in part.impacted_records] == message.impacted_records
+    assert [p for part in parts for p in part.positions] == message.positions
+    assert len({part.task_id for part in parts}) == len(parts)
+
+
+def test_a_record_larger_than_the_bound_travels_alone():
+    message = big_event(3, record_size=5000)
+
+    parts = split(message, 1024)
+
+    assert [len(part.impacted_records) for part in parts] == [1, 1, 1]
+
+
+def test_parts_round_trip_and_a_part_outside_its_event_is_malformed():
+    part = split(big_event(100), 2048)[1]
+
+    assert decode(json.loads(json.dumps(part.as_dict()))) == part
+    with pytest.raises(MalformedMessage, match="part 3 of 2 is not a part of an event"):
+        decode({**part.as_dict(), "part": 3, "parts": 2})

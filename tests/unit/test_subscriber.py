@@ -4,6 +4,7 @@ import logging
 
 import pytest
 
+from notifier.errors import ConfigurationError
 from notifier.events import AfterResourceChanged
 from notifier.message import decode
 from notifier.settings import parse_settings
@@ -208,3 +209,20 @@ def test_one_brokers_failure_does_not_keep_another_publisher_from_the_request():
 
     assert broken.attempts == 1
     assert [message.action for message, _ in working.published] == ["create", "update"]
+
+
+def test_a_large_event_is_published_as_its_parts_in_order():
+    publisher = RecordingPublisher()
+    records = [{"new": {"id": f"r{n}", "text": "x" * 100}} for n in range(200)]
+
+    subscriber(publisher, max_message_size="4096")(after_commit(records=records))
+
+    parts = [message for message, _ in publisher.published]
+    assert len(parts) > 1
+    assert [part.part for part in parts] == list(range(len(parts)))
+    assert [record for part in parts for record in part.impacted_records] == records
+
+
+def test_a_max_message_size_that_is_not_a_number_of_bytes_fails_at_start_up():
+    with pytest.raises(ConfigurationError, match=r"^notifier.max_message_size = '1kb'"):
+        parse_settings({"notifier.max_message_size": "1kb"}, environ={})
