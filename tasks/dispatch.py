@@ -42,18 +42,19 @@ def fan_out(
     registry: Registry,
     dead_letters: DeadLetters,
     only: Collection[str] | None = None,
+    queue: str | None = None,
 ) -> list[str]:
     """Send the message ``data`` to every listener of ``registry`` that wants it (of those
     named in ``only``, when given), and return their names.
 
-    A malformed message is dead-lettered with the reason. When the broker does not take the
-    message for some listeners, the others still get it, and :class:`ListenersNotSent` names
-    the ones that did not.
+    A malformed message is dead-lettered with the reason (and ``queue``, where it came from).
+    When the broker does not take the message for some listeners, the others still get it, and
+    :class:`ListenersNotSent` names the ones that did not.
     """
     try:
         message = decode(data)
     except MalformedMessage as exc:
-        letter = dead_letters.add(exc.reason, data)
+        letter = dead_letters.add(exc.reason, data, queue=queue)
         logger.error("malformed message kept as dead letter %s: %s", letter.id, exc.reason)
         return []
     sent, not_sent = [], []
@@ -88,10 +89,17 @@ def fan_out(
 def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) -> list[str]:
     """Run every listener that wants ``message``; try again for those it could not reach."""
     try:
-        return fan_out(message, registry, dead_letters(), only)
+        return fan_out(message, registry, dead_letters(), only, queue=_queue_of(self))
     except ListenersNotSent as exc:
         countdown = min(2**self.request.retries, 60)
         raise self.retry(kwargs={"only": exc.listeners}, countdown=countdown, exc=exc) from None
+
+
+def _queue_of(task: Any) -> str | None:
+    # The queue the running task was taken from: Celery's routing key, our queue names.
+    delivery_info = getattr(task.request, "delivery_info", None) or {}
+    queue = delivery_info.get("routing_key")
+    return queue if isinstance(queue, str) else None
 
 
 @signals.task_failure.connect
@@ -116,11 +124,15 @@ def _keep_failed_message(
         return
     # The message as it came, or the arguments it came with when they are not one message.
     message = args[0] if args and len(args) == 1 else {"args": args, "kwargs": kwargs}
+    # The task's request is still the failed run's: its retries are the attempts before it.
+    retries = getattr(sender.request, "retries", None)
     for listener_name in failed:
         letter = dead_letters().add(
             f"{type(exception).__name__}: {exception}",
             message,
             listener=listener_name,
+            attempts=retries + 1 if isinstance(retries, int) else None,
+            queue=_queue_of(sender),
             traceback=str(einfo) if einfo is not None else None,
         )
         logger.error("%s failed for good: kept as dead letter %s", listener_name or name, letter.id)
