@@ -64,7 +64,7 @@ def fan_out(
         try:
             listener.task.apply_async(
                 args=(message.as_dict(),),
-                task_id=f"{message.event_id}:{listener.name}",
+                task_id=f"{message.task_id}:{listener.name}",
                 queue=listener.queue,
             )
         except (KombuError, redis.RedisError, OSError):

@@ -173,6 +173,20 @@ def test_a_listener_task_id_is_the_event_id_and_the_listener_name(registry, dead
     assert sending["task_id"] == f"{data['event_id']}:search.index"
 
 
+def test_the_parts_of_one_event_get_listener_tasks_of_their_own(registry, dead_letters, sent):
+    registry.listener("article", name="search.index")(ignore)
+    recorder = sent()
+    data = message(records=2)
+
+    for part in (0, 1):
+        fan_out({**data, "part": part, "parts": 2}, registry, dead_letters)
+
+    assert [sending["task_id"] for sending in recorder.sent] == [
+        f"{data['event_id']}.0:search.index",
+        f"{data['event_id']}.1:search.index",
+    ]
+
+
 def test_listeners_get_the_message_in_the_current_layout(registry, dead_letters, sent):
     registry.listener("article", name="search.index")(ignore)
     recorder = sent()
