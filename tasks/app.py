@@ -44,6 +44,12 @@ def _queue(name: str) -> Queue:
 
 app.conf.task_queues = [_queue(name) for name in routing.queues]
 
+# Malformed messages never stop a worker: its consumer keeps them as dead letters (see
+# tasks/consumer.py). A configuration that names a consumer of its own keeps it, and should
+# derive it from tasks.consumer.Consumer.
+if app.conf.worker_consumer == "celery.worker.consumer:Consumer":
+    app.conf.worker_consumer = "tasks.consumer:Consumer"
+
 
 class _ListenerQueues:
     def __init__(self) -> None:

@@ -1,0 +1,209 @@
+"""The workers' consumer: a message a worker cannot read is kept as a dead letter, and the worker
+goes on.
+
+A worker reads a queue in three steps, and a malformed message can fail each of them:
+
+1. kombu's Redis transport pops a queue item (BRPOP) and parses it as a kombu message: a JSON
+   envelope of headers, properties and the encoded body. It has no guard there: an item that is
+   no such envelope (``redis-cli LPUSH notifier 'not json'``) raises out of the worker's event
+   loop, the worker stops ("Unrecoverable error"), and the item is lost.
+2. Celery's consumer reads the envelope as a task message. For the failures it knows, it calls
+   ``on_decode_error`` (a body it cannot decode), ``on_unknown_message`` (no task named),
+   ``on_unknown_task`` (a task this worker does not have) and ``on_invalid_task`` (a message
+   that breaks the task protocol, or a content type the worker refuses, like pickle); each logs
+   the message and drops it. Others (a body that is not ``[args, kwargs, embed]``, headers
+   without an id...) raise out of the event loop too, and stop the worker; the message, not yet
+   acknowledged, goes back to its queue to stop the next one.
+3. ``notifier.dispatch`` checks its argument against the wire contract (``tasks/dispatch.py``).
+
+Each failure ends in the dead letters with a reason that says what was wrong and on which queue,
+the message is acknowledged, and the worker takes the next one.
+
+Why these hooks. ``worker_consumer`` is Celery's setting for choosing the consumer class, and the
+four ``on_*`` methods are where Celery itself sends what it cannot read: overriding them adds
+keeping the message to Celery's own handling (its log line, acknowledging, signals, result
+backend, events) instead of replacing it. Two failures reach none of them, and need the two
+smallest hooks next to them: the task message handler that Celery builds
+(``create_task_handler``) is wrapped, to keep what it fails on; and the consumer's Redis
+connection reads each BRPOP reply through a redis-py response callback (redis-py's public way to
+read a reply) that checks the envelope before kombu parses it. A custom task strategy, or
+patching kombu or Celery, would reach further into code that changes between releases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import kombu
+import redis
+from celery.worker.consumer.consumer import Consumer as CeleryConsumer
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+from vine import promise as vine_promise
+
+from tasks.dispatch import dead_letters
+
+__all__ = ["Consumer", "RedisTransport", "keep"]
+
+logger = logging.getLogger("notifier")
+
+
+def keep(reason: str, message: Any, *, queue: str | None, traceback: str | None = None) -> None:
+    """Keep a message the worker could not read as a dead letter; log either way."""
+    try:
+        letter = dead_letters().add(reason, message, queue=queue, traceback=traceback)
+    except redis.RedisError:
+        # Nowhere to keep it: the log is the last place it is seen, as with Celery alone.
+        logger.exception("%s; could not be kept as a dead letter, dropped: %r", reason, message)
+        return
+    logger.error("%s; kept as dead letter %s", reason, letter.id)
+
+
+def readable(body: bytes | str | None) -> Any:
+    """A body as a dead letter shows it: JSON when it is, else its text, else its bytes' repr.
+
+    Only ever parsed as JSON: a pickle is never loaded.
+    """
+    if body is None:
+        return None
+    try:
+        text = body.decode() if isinstance(body, bytes) else body
+    except UnicodeDecodeError:
+        return repr(body)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _queue_of(message: Any) -> str | None:
+    delivery_info = getattr(message, "delivery_info", None)
+    queue = delivery_info.get("routing_key") if isinstance(delivery_info, dict) else None
+    return queue if isinstance(queue, str) else None
+
+
+def _as_received(message: Any) -> dict[str, Any]:
+    return {
+        "headers": message.headers,
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "body": readable(message.body),
+    }
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, but what it cannot read is kept as a dead letter, not dropped."""
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        queue = _queue_of(message)
+        content_type = getattr(message, "content_type", None)
+        reason = f"queue {queue!r}: a body that cannot be decoded ({content_type}): {_error(exc)}"
+        keep(reason, _as_received(message), queue=queue)
+        super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        queue = _queue_of(message)
+        keep(
+            f"queue {queue!r}: not a task message (it names no task)",
+            _as_received(message),
+            queue=queue,
+        )
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        queue = _queue_of(message)
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        name = headers.get("task")
+        keep(
+            f"queue {queue!r}: a message for task {name!r}, which this worker does not have",
+            _as_received(message),
+            queue=queue,
+        )
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        queue = _queue_of(message)
+        keep(
+            f"queue {queue!r}: an invalid task message: {_error(exc)}",
+            _as_received(message),
+            queue=queue,
+        )
+        super().on_invalid_task(body, message, exc)
+
+    def create_task_handler(self, promise: Any = vine_promise) -> Callable[..., Any]:
+        handle = super().create_task_handler(promise)
+        connection_errors = tuple(self.connection_errors)  # type: ignore[attr-defined]  # untyped
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handle(message)
+            except Exception as exc:
+                # A lost connection: the consumer reconnects and the message comes again. But
+                # kombu's Redis transport counts KeyError as one (for a stale poller file
+                # descriptor): raised while reading one message, it means a key the message
+                # lacks, and re-raising it would have the consumer reconnect for ever.
+                if isinstance(exc, connection_errors) and not isinstance(exc, KeyError):
+                    raise
+                # The boundary that must not fail: whatever else Celery raises on one message
+                # would stop the worker, and come back to stop the next one.
+                queue = _queue_of(message)
+                keep(
+                    f"queue {queue!r}: a task message Celery cannot read: {_error(exc)}",
+                    _as_received(message),
+                    queue=queue,
+                    traceback=traceback.format_exc(),
+                )
+                if not message.acknowledged:
+                    message.ack_log_error(logger, connection_errors)
+                return None
+
+        return on_task_received
+
+    def connection_for_read(self, heartbeat: float | None = None) -> kombu.Connection:
+        connection = self.app.connection_for_read(heartbeat=heartbeat)
+        if connection.transport_cls in ("redis", "rediss"):
+            connection = connection.clone(transport=RedisTransport)
+        return self.ensure_connected(connection)
+
+
+class _Channel(kombu_redis.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # kombu pops each queue item with BRPOP on this client, then parses it without a guard.
+        self.client.set_response_callback("BRPOP", self._checked_reply)
+
+    def _checked_reply(self, reply: Any, **options: Any) -> tuple[Any, Any] | None:
+        if not reply:
+            return None  # BRPOP timed out
+        key, item = reply
+        # What kombu does next with the item, minus delivering it.
+        try:
+            envelope = loads(bytes_to_str(item))
+        except ValueError as exc:
+            problem = f"not JSON ({exc})"
+        else:
+            try:
+                self.Message(envelope, channel=self)
+            except Exception as exc:
+                problem = f"JSON, but not a kombu envelope ({_error(exc)})"
+            else:
+                return tuple(reply)  # redis-py's own BRPOP reply
+        queue = bytes_to_str(key).removeprefix(self.global_keyprefix).rsplit(self.sep, 1)[0]
+        keep(f"queue {queue!r}: not a Celery message: {problem}", readable(item), queue=queue)
+        return None  # as if BRPOP had timed out: kombu asks for the next item
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport, but a queue item that is not a kombu message is kept as a dead
+    letter instead of stopping the worker."""
+
+    Channel = _Channel
