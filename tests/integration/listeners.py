@@ -56,3 +56,19 @@ def record_kinto_changes(event: Event) -> None:
 @listener("record", where={"bucket_id": "only-this-bucket"})
 def record_one_buckets_records(event: Event) -> None:
     _record("record_one_buckets_records", event)
+
+
+#: fail_until_fixed fails until this Redis key exists.
+FIXED_KEY = "listeners:fail_until_fixed:fixed"
+
+
+@listener("flaky", max_retries=0)
+def fail_until_fixed(event: Event) -> None:
+    if not _redis.exists(FIXED_KEY):
+        raise RuntimeError(f"not fixed yet (set the Redis key {FIXED_KEY})")
+    _record("fail_until_fixed", event)
+
+
+@listener("flaky")
+def record_flaky(event: Event) -> None:
+    _record("record_flaky", event)

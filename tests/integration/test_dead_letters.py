@@ -1,4 +1,5 @@
-"""Dead letters end to end: a real worker keeps what it cannot read.
+"""Dead letters end to end: a real worker keeps what it cannot read, and notifier-dead-letters
+replays and purges them.
 
 Malformed messages are pushed into the session worker's ``notifier`` queue the ways an operator
 or a foreign client would: with redis-cli, and with Celery or kombu speaking something else.
@@ -7,18 +8,26 @@ or a foreign client would: with redis-cli, and with Celery or kombu speaking som
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import kombu
 import pytest
 import redis
 from celery import Celery
 
-from examples.processes import RedisServer, wait_until
-from notifier.message import DISPATCH_TASK
+from examples.processes import ROOT, RedisServer, wait_until
+from notifier.message import DISPATCH_TASK, encode
 from tasks.dead_letters import DeadLetter, DeadLetters
+
+#: The key that tells tests/integration/listeners.py's fail_until_fixed to stop failing.
+FIXED_KEY = "listeners:fail_until_fixed:fixed"
+FLAKY_LISTENER = "tests.integration.listeners.fail_until_fixed"
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +51,23 @@ def kept(redis_client: redis.Redis, marker: str, count: int = 1) -> list[DeadLet
 
     wait_until(lambda: len(letters()) >= count, 10, f"{count} dead letters about {marker}")
     return letters()
+
+
+def command(env: dict, *argv: str, script: bool = False) -> subprocess.CompletedProcess:
+    """Run notifier-dead-letters (the console script, or python -m) as an operator would."""
+    program = (
+        [str(Path(sys.executable).parent / "notifier-dead-letters")]
+        if script
+        else [sys.executable, "-m", "tasks.dead_letters"]
+    )
+    return subprocess.run(
+        [*program, *argv],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def create_article(web, title: str) -> None:
@@ -160,3 +186,91 @@ def test_a_message_celery_cannot_read_is_kept_with_what_was_wrong(
     # Acknowledged: nothing of it is left to be delivered again.
     wait_until(lambda: redis_client.hlen("unacked") == 0, 5, "no message left unacknowledged")
     assert marker not in json.dumps(redis_client.lrange("notifier", 0, -1))
+
+
+@pytest.fixture
+def flaky_listener_fixed(redis_client):
+    """Call it to fix fail_until_fixed; it is broken again after the test."""
+    redis_client.delete(FIXED_KEY)
+    yield lambda: redis_client.set(FIXED_KEY, "1")
+    redis_client.delete(FIXED_KEY)
+
+
+def test_a_failed_listeners_letter_replayed_after_the_fix_reaches_that_listener_only(
+    worker, received, redis_client, redis_server, deployment_env, flaky_listener_fixed
+):
+    payload = {"resource_name": "flaky", "action": "create", "uri": "/flakies"}
+    message = encode(payload, [{"new": {"id": "f1"}}], [0], request_id=uuid.uuid4().hex)
+    sender = Celery("sender", broker=redis_server.url, set_as_current=False)
+    sender.send_task(DISPATCH_TASK, args=[message.as_dict()], queue="notifier")
+    sender.close()
+    [letter] = kept(redis_client, message.event_id)
+    assert letter.listener == FLAKY_LISTENER
+    assert letter.reason.startswith("RuntimeError: not fixed yet")
+    assert letter.attempts == 1
+    assert letter.queue == f"notifier.listener.{FLAKY_LISTENER}"
+    assert "Traceback" in letter.traceback
+    wait_until(lambda: received.by("record_flaky"), 10, "record_flaky getting the event")
+
+    flaky_listener_fixed()
+    done = command(
+        {**deployment_env, "NOTIFIER_LISTENERS": "tests.integration.listeners"},
+        "replay",
+        letter.id,
+    )
+
+    assert done.returncode == 0, done.stderr
+    queue = f"notifier.listener.{FLAKY_LISTENER}"
+    assert done.stdout.splitlines() == [
+        f"{letter.id}  sent to listener {FLAKY_LISTENER} (queue {queue})",
+        "Replayed 1 dead letter: sent, and removed from the dead letters.",
+    ]
+    wait_until(lambda: received.by("fail_until_fixed"), 10, "the fixed listener getting the event")
+    [replayed] = received.by("fail_until_fixed")
+    assert replayed["event_id"] == message.event_id
+    assert replayed["impacted_records"] == [{"new": {"id": "f1"}}]
+    assert DeadLetters(redis_client).get(letter.id) is None
+    # Only the listener that failed ran again: the other one got the event once.
+    [once] = [
+        event for event in received.by("record_flaky") if event["event_id"] == message.event_id
+    ]
+    assert once["event_id"] == message.event_id
+
+
+def test_replaying_to_a_listener_no_module_names_is_refused_and_the_letter_stays(
+    worker, redis_client, deployment_env
+):
+    letter = DeadLetters(redis_client).add("boom", {"event_id": "e"}, listener="gone.listener")
+
+    done = command({**deployment_env, "NOTIFIER_LISTENERS": ""}, "replay", letter.id)
+
+    assert done.returncode == 2
+    assert "no listener gone.listener here" in done.stderr
+    assert DeadLetters(redis_client).get(letter.id) == letter
+
+
+def test_list_show_and_purge_all_on_a_store_of_its_own(tmp_path):
+    server = RedisServer(tmp_path)
+    try:
+        env = {"CELERY_BROKER_URL": server.url, "NOTIFIER_DEAD_LETTERS_URL": server.url}
+        store = DeadLetters(redis.Redis.from_url(server.url))
+        letters = [
+            store.add(f"RuntimeError: failure {n}", {"n": n}, listener="search.index", attempts=3)
+            for n in range(3)
+        ]
+
+        listed = command(env, "list", script=True)
+        shown = command(env, "show", letters[1].id, script=True)
+        purged = command(env, "purge", "--all", script=True)
+
+        assert listed.returncode == 0, listed.stderr
+        assert [line.split()[0] for line in listed.stdout.splitlines()[1:4]] == [
+            letter.id for letter in letters
+        ]
+        assert json.loads(shown.stdout)["reason"] == "RuntimeError: failure 1"
+        assert json.loads(shown.stdout)["attempts"] == 3
+        assert (purged.returncode, purged.stdout) == (0, "Purged all 3 dead letters.\n")
+        assert len(store) == 0
+        assert command(env, "list", script=True).stdout == "No dead letters.\n"
+    finally:
+        server.stop()
