@@ -26,8 +26,10 @@ backend, events) instead of replacing it. Two failures reach none of them, and n
 smallest hooks next to them: the task message handler that Celery builds
 (``create_task_handler``) is wrapped, to keep what it fails on; and the consumer's Redis
 connection reads each BRPOP reply through a redis-py response callback (redis-py's public way to
-read a reply) that checks the envelope before kombu parses it. A custom task strategy, or
-patching kombu or Celery, would reach further into code that changes between releases.
+read a reply) that checks the envelope before kombu parses it (Redis and Redis Sentinel, the
+brokers notifier runs on). A custom task strategy, a transport of our own (Celery would log it
+as the broker's URL scheme), or patching kombu or Celery would reach further into code that
+changes between releases.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from vine import promise as vine_promise
 
 from tasks.dispatch import dead_letters
 
-__all__ = ["Consumer", "RedisTransport", "keep"]
+__all__ = ["Consumer", "keep", "readable"]
 
 logger = logging.getLogger("notifier")
 
@@ -170,12 +172,19 @@ class Consumer(CeleryConsumer):
 
     def connection_for_read(self, heartbeat: float | None = None) -> kombu.Connection:
         connection = self.app.connection_for_read(heartbeat=heartbeat)
-        if connection.transport_cls in ("redis", "rediss"):
-            connection = connection.clone(transport=RedisTransport)
+        # Set before it connects: its first channel is the one tasks are consumed on.
+        transport = connection.transport
+        if type(transport) is kombu_redis.Transport:
+            transport.Channel = _CheckingChannel
+        elif type(transport) is kombu_redis.SentinelTransport:
+            transport.Channel = _CheckingSentinelChannel
         return self.ensure_connected(connection)
 
 
-class _Channel(kombu_redis.Channel):
+class _CheckingChannel(kombu_redis.Channel):
+    """A Redis channel that keeps a queue item that is not a kombu message as a dead letter,
+    instead of letting it stop the worker."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # kombu pops each queue item with BRPOP on this client, then parses it without a guard.
@@ -202,8 +211,5 @@ class _Channel(kombu_redis.Channel):
         return None  # as if BRPOP had timed out: kombu asks for the next item
 
 
-class RedisTransport(kombu_redis.Transport):
-    """kombu's Redis transport, but a queue item that is not a kombu message is kept as a dead
-    letter instead of stopping the worker."""
-
-    Channel = _Channel
+class _CheckingSentinelChannel(_CheckingChannel, kombu_redis.SentinelChannel):
+    pass

@@ -114,6 +114,7 @@ def test_garbage_pushed_into_a_queue_is_kept_and_the_worker_keeps_delivering(
     create_article(web, title)
     received.wait_for("record_articles", title)
     assert "Unrecoverable error" not in worker.output()
+    assert f"Connected to redis://:**@127.0.0.1:{redis_server.port}/0" in worker.output()
 
 
 def publish(redis_server: RedisServer, body: object, headers: dict, **options: object) -> None:

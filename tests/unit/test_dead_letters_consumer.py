@@ -30,7 +30,7 @@ def store(monkeypatch):
 @pytest.fixture
 def channel():
     # Only what reading a BRPOP reply uses: no connection, no pool.
-    channel = consumer._Channel.__new__(consumer._Channel)
+    channel = consumer._CheckingChannel.__new__(consumer._CheckingChannel)
     channel.global_keyprefix = ""
     channel.sep = KombuChannel.sep
     return channel
