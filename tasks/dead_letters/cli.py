@@ -207,7 +207,9 @@ def replay_letters(args: argparse.Namespace, store: DeadLetters) -> int:
 def purge_letters(args: argparse.Namespace, store: DeadLetters) -> int:
     if args.all:
         count = store.purge()
-        print(f"Purged all {_plural(count)}." if count else "There were no dead letters.")
+        print(
+            f"Purged {_plural(count)}; none are left." if count else "There were no dead letters."
+        )
         return 0
     letters = _letters(store, args.ids)
     for letter in letters:

@@ -384,7 +384,7 @@ def test_purge_all_empties_the_store(store, capsys):
     for n in range(3):
         store.add("reason", n)
 
-    assert run(capsys, "purge", "--all") == (0, "Purged all 3 dead letters.\n", "")
+    assert run(capsys, "purge", "--all") == (0, "Purged 3 dead letters; none are left.\n", "")
     assert len(store) == 0
     assert run(capsys, "purge", "--all") == (0, "There were no dead letters.\n", "")
 
