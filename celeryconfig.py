@@ -19,13 +19,23 @@ task_ignore_result = True
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-
-# The Redis transport delivers an unacknowledged message again after the visibility timeout. It
-# must be longer than any listener runs, or a slow listener runs twice: listeners are stopped
-# after task_time_limit, and the timeout is twice that.
+# A pool process killed mid-listener counts as a failed attempt: the listener is tried again
+# (at once), until its max_retries are spent; then its message goes to the dead letters.
+task_retry_on_worker_lost = True
 task_soft_time_limit = 240
 task_time_limit = 300
-broker_transport_options = {"visibility_timeout": 2 * task_time_limit}
+
+# The Redis transport hands an unacknowledged message out again once it is older than the
+# visibility timeout: a short one brings back the messages of a worker that died (SIGKILL, a
+# lost machine) within seconds. Living workers refresh the messages they hold (see
+# tasks/visibility.py), so that a listener still running is not handed out twice. Workers look
+# for abandoned messages every unacked_restore_interval seconds.
+notifier_visibility_timeout = int(os.environ.get("NOTIFIER_VISIBILITY_TIMEOUT", "30"))
+broker_transport_options = {
+    "visibility_timeout": notifier_visibility_timeout,
+    "unacked_restore_interval": max(1, notifier_visibility_timeout // 10),
+    "unacked_restore_throttle": 1,
+}
 
 # The modules of listeners every worker imports (space or comma separated), so that all the
 # workers that dispatch events know the same listeners. `celery worker -I module` adds more.

@@ -16,6 +16,7 @@ from kombu import Exchange, Queue
 from notifier.errors import ConfigurationError
 from notifier.routing import RoutingTable
 from tasks.registry import Registry
+from tasks.visibility import KeepDeliveriesVisible
 
 __all__ = ["app", "consume", "registry", "routing"]
 
@@ -88,3 +89,7 @@ def _consume_listener_queues(instance: Any, **kwargs: Any) -> None:
 
 #: Every listener of this worker, registered by ``@tasks.listener``.
 registry = Registry(app, on_new_queue=consume)
+
+
+# Living workers keep the messages they hold from being handed out again (tasks/visibility.py).
+app.steps["consumer"].add(KeepDeliveriesVisible)

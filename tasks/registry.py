@@ -20,7 +20,7 @@ from notifier.events import ACTIONS
 from notifier.message import Message, decode
 from tasks.event import Event
 
-__all__ = ["DEFAULT_ACTIONS", "LISTENER_QUEUE", "Listener", "Registry"]
+__all__ = ["DEFAULT_ACTIONS", "LISTENER_QUEUE", "RETRIES", "Listener", "Registry"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,6 +30,18 @@ DEFAULT_ACTIONS = ("create", "update", "delete")
 LISTENER_QUEUE = "notifier.listener.{name}"
 _ACTION_NAMES = tuple(action.value for action in ACTIONS)
 _RESOURCE_NAME = re.compile(r"^(\*|[A-Za-z0-9_]+)$")
+
+#: How a plain-function listener retries unless it says otherwise: after any exception, or
+#: after its pool process died, up to 3 more times, about 1, 2 and 4 s later (exponential
+#: backoff, at most 60 s, with full jitter). Then its message goes to the dead letters.
+RETRIES: dict[str, Any] = {
+    "autoretry_for": (Exception,),
+    "max_retries": 3,
+    "default_retry_delay": 1,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+}
 
 #: The Celery task options a plain-function listener may set (see Celery's Task attributes).
 TASK_OPTIONS = frozenset(
@@ -195,7 +207,7 @@ class Registry:
             Callable[..., Callable[[Callable[..., Any]], Task[Any, Any]]], self.app.task
         )
         # Not shared: the task belongs to this registry's app, not to every app in the process.
-        return task_decorator(name=task_name, shared=False, **options)(run)
+        return task_decorator(name=task_name, shared=False, **{**RETRIES, **options})(run)
 
     def _adopt_task(self, task: Task[Any, Any], options: dict[str, Any]) -> Task[Any, Any]:
         if options:

@@ -36,7 +36,7 @@ def record_articles(event: Event) -> None:
     _record("record_articles", event)
 
 
-@listener("article", actions=("create",))
+@listener("article", actions=("create",), max_retries=0)
 def fail_on_article_creation(event: Event) -> None:
     _record("fail_on_article_creation", event)
     raise RuntimeError("this listener fails on every article creation")

@@ -106,11 +106,19 @@ def test_a_failing_listener_does_not_stop_another_on_the_same_event(
     assert recorded["event_id"] == failed["event_id"]
     dead_letters = DeadLetters(redis_client)
     wait_until(
-        lambda: any(letter.message["event_id"] == failed["event_id"] for letter in dead_letters),
+        lambda: any(
+            isinstance(letter.message, dict)
+            and letter.message.get("event_id") == failed["event_id"]
+            for letter in dead_letters
+        ),
         10,
         "the failed listener's message reaching the dead letters",
     )
-    [letter] = [dead for dead in dead_letters if dead.message["event_id"] == failed["event_id"]]
+    [letter] = [
+        dead
+        for dead in dead_letters
+        if isinstance(dead.message, dict) and dead.message.get("event_id") == failed["event_id"]
+    ]
     assert letter.listener == "tests.integration.listeners.fail_on_article_creation"
     assert letter.reason == "RuntimeError: this listener fails on every article creation"
 
