@@ -165,14 +165,16 @@ def decode(data: object) -> Message:
 
 
 def split(message: Message, max_bytes: int) -> list[Message]:
-    """``message`` as parts whose records take at most about ``max_bytes`` of JSON each (a
-    record larger than that travels alone), in order; one part when it fits."""
+    """``message`` as parts whose records (and their positions) take at most about
+    ``max_bytes`` of JSON each (a record larger than that travels alone), in order; one part
+    when it fits."""
     if not message.impacted_records:
         return [message]
     groups: list[tuple[list[dict[str, Any]], list[int]]] = [([], [])]
     size = 0
     for record, position in zip(message.impacted_records, message.positions, strict=True):
-        record_size = len(json.dumps(record, default=str)) + 2
+        # The record, its position, and the separators between them in the JSON.
+        record_size = len(json.dumps(record, default=str)) + len(str(position)) + 4
         records, positions = groups[-1]
         if records and size + record_size > max_bytes:
             groups.append(([], []))

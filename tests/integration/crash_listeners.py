@@ -41,3 +41,9 @@ def dies_every_time(event: Event) -> None:
 def always_raises(event: Event) -> None:
     _redis.incr(f"crash:attempts:{event.event_id}")
     raise RuntimeError("this listener fails every time")
+
+
+@listener("collection_of_records", actions=("delete",))
+def count_deleted_records(event: Event) -> None:
+    _redis.incrby(f"crash:records:{event.event_id}", len(event.impacted_records))
+    _redis.rpush(f"crash:parts:{event.event_id}", f"{event.part}/{event.parts}")
