@@ -75,6 +75,7 @@ def includeme(config: Configurator) -> None:
         )
     publisher = CeleryPublisher(publishing.broker_url, publishing.publish_timeout)
     spool = Spool(publishing.spool_dir, publisher.publish, publishing.spool_retry)
+    spool.start()  # what processes that are gone left behind
     config.registry["notifier.settings"] = publishing
     config.registry["notifier.publisher"] = publisher
     # notifier's AfterResourceChanged, and Kinto's with kinto.includes = notifier.

@@ -1,12 +1,13 @@
 """The spool: messages the broker did not take, kept on local disk until it does.
 
 Each web process appends to a SQLite file of its own in the spool directory
-(``spool-<name>-<host>-<pid>.sqlite3``, the name being the publisher's: ``notifier``, or a
-configured listener's), which it holds with an exclusive lock while it lives. A
-background thread of the process publishes the file's messages again, oldest first, once the
-broker answers; while the file holds messages, new ones are appended behind them, so that they
-reach the broker in their original order. A file whose process is gone is no longer locked:
-``notifier-spool flush`` (or any process's background thread) publishes it.
+(``spool-<name>-<host>-<pid>-<token>.sqlite3``, the name being the publisher's: ``notifier``,
+or a configured listener's), which it holds with an exclusive lock while it lives. A background
+thread of the process publishes the file's messages again, oldest first, once the broker
+answers; while the file holds messages, new ones are appended behind them, so that they reach
+the broker in their original order. A file whose process is gone is no longer locked: a
+process that starts publishes such files first (:meth:`Spool.start`), and so does
+``notifier-spool flush``.
 
 A message may be published twice (when its process dies between publishing and deleting it):
 its ``event_id`` tells.
@@ -22,6 +23,7 @@ import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -122,41 +124,59 @@ class Spool:
         self.publish = publish
         self.name = name
         self.retry = retry
+        self._reset()
+        # A child forked while the thread held the lock would wait for it for ever: each
+        # process starts afresh, with a file and a thread of its own.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._mutex = threading.Lock()
         self._wake = threading.Event()
         self._own: SpoolFile | None = None
-        self._pid = 0
+        self._pid = os.getpid()
         self._thread: threading.Thread | None = None
 
     def _own_file(self) -> SpoolFile:
-        # Opened lazily, and again after a fork: each process has its own file and thread.
-        if self._own is None or self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._own is None:
             self.directory.mkdir(parents=True, exist_ok=True)
+            # The token keeps two spools of one process (two apps, say), or a process that
+            # got the pid of a dead one, apart.
             own = SpoolFile(
-                self.directory / f"spool-{self.name}-{socket.gethostname()}-{self._pid}.sqlite3"
+                self.directory / f"spool-{self.name}-{socket.gethostname()}-{self._pid}-"
+                f"{uuid.uuid4().hex[:8]}.sqlite3"
             )
-            if not own.lock():
-                raise RuntimeError(f"{own.path} is held by another process")
+            own.lock()
             self._own = own
-            self._thread = None
         return self._own
 
     def holds_messages(self) -> bool:
         """Whether this process has messages waiting: new ones must queue behind them."""
         with self._mutex:
-            return self._own is not None and self._pid == os.getpid() and len(self._own) > 0
+            return self._own is not None and len(self._own) > 0
+
+    def start(self) -> None:
+        """Publish, in the background, what processes that are gone left in the directory."""
+        free = self._free_files()
+        waiting = sum(len(spool_file) for spool_file in free)
+        for spool_file in free:
+            spool_file.unlock()
+        if waiting:
+            logger.info("%d messages left by processes that are gone: publishing them", waiting)
+            with self._mutex:
+                self._wake.set()
+                self._start_thread()
+
+    def _start_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="notifier-spool", daemon=True)
+            self._thread.start()
 
     def keep(self, message: Message, queue: str) -> None:
         """Append ``message`` for ``queue``; the background thread publishes it later."""
         with self._mutex:
             self._own_file().append(message, queue)
             self._wake.set()
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="notifier-spool", daemon=True
-                )
-                self._thread.start()
+            self._start_thread()
 
     def flush(self) -> int:
         """Publish what this process and the processes that are gone left, oldest first in each
@@ -171,11 +191,19 @@ class Spool:
         return published
 
     def files(self) -> list[SpoolFile]:
-        """This process's file, then every file no living process holds."""
-        own = self._own if self._own is not None and self._pid == os.getpid() else None
-        found = [] if own is None else [own]
+        """The files no living process holds (older: first), then this process's own."""
+        found = self._free_files()
+        if self._own is not None:
+            found.append(self._own)
+        return found
+
+    def _free_files(self) -> list[SpoolFile]:
+        # Each returned file is locked for this process until flush() unlocks it.
+        found: list[SpoolFile] = []
+        if not self.directory.is_dir():
+            return found
         for path in sorted(self.directory.glob(f"spool-{self.name}-*.sqlite3")):
-            if own is not None and path == own.path:
+            if self._own is not None and path == self._own.path:
                 continue
             candidate = SpoolFile(path)
             if candidate.lock():

@@ -80,7 +80,7 @@ class Subscriber:
         if gave_up(request, self):
             self._keep(message, queue, f"{identity}: the broker failed earlier in this request")
             return
-        if self.spool is not None and self.spool.holds_messages():
+        if self.spool is not None and self._spool_holds_messages():
             self._keep(message, queue, f"{identity}: behind messages the broker did not take")
             return
         try:
@@ -92,6 +92,14 @@ class Subscriber:
                 self._keep(message, queue, identity)
         else:
             logger.debug("published %s", identity)
+
+    def _spool_holds_messages(self) -> bool:
+        assert self.spool is not None
+        try:
+            return self.spool.holds_messages()
+        except Exception:  # a spool that cannot be read: keep the message behind, to be safe
+            logger.exception("could not read the spool")
+            return True
 
     def _keep(self, message: Message, queue: str, identity: str) -> None:
         if self.spool is None:

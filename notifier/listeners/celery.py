@@ -57,6 +57,7 @@ def load_from_config(config: Configurator, prefix: str) -> Listener:
     celery = publisher.CeleryPublisher(settings.broker_url, settings.publish_timeout)
     name = prefix.rstrip(".").rsplit(".", 1)[-1]
     spool = Spool(settings.spool_dir, celery.publish, settings.spool_retry, name=name)
+    spool.start()  # what processes that are gone left behind
     listener = Listener(Subscriber(settings, celery, spool))
     listener.subscribe(config, prefix)
     return listener

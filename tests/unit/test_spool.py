@@ -170,3 +170,44 @@ def test_the_command_line_says_when_the_broker_still_refuses(tmp_path, capsys):
 
     assert main(["flush", str(tmp_path), "--broker-url", "redis://127.0.0.1:1/0"]) == 1
     assert capsys.readouterr().out == "published 0 messages; 1 left in free spool files\n"
+
+
+def test_two_spools_of_one_process_with_one_name_keep_apart(tmp_path):
+    first_broker, second_broker = Broker(up=False), Broker(up=False)
+    first = Spool(tmp_path, first_broker.publish, retry=60)
+    second = Spool(tmp_path, second_broker.publish, retry=60)
+
+    first.keep(message("a1"), "articles")
+    second.keep(message("a2"), "articles")
+
+    assert first.holds_messages()
+    assert second.holds_messages()
+
+
+def test_a_starting_process_publishes_what_a_process_that_is_gone_left(tmp_path):
+    subprocess.run([sys.executable, "-c", LEAVE_A_SPOOL_FILE, str(tmp_path)], check=True)
+    broker = Broker()
+
+    Spool(tmp_path, broker.publish, retry=0.01).start()
+
+    deadline = time.monotonic() + 5
+    while not broker.published and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert broker.published == [("left-behind", "articles")]
+
+
+class UnreadableSpool(Spool):
+    def holds_messages(self):
+        raise OSError("disk I/O error")
+
+
+def test_a_spool_that_cannot_be_read_never_fails_the_request(tmp_path, caplog):
+    broker = Broker()
+    spool = UnreadableSpool(tmp_path, broker.publish, retry=60)
+    subscriber = Subscriber(parse_settings({}, environ={}), broker, spool)
+
+    subscriber(after_commit("a1", FakeRequest()))
+
+    assert "could not read the spool" in caplog.text
+    assert spool.flush() == 1  # kept behind, to be safe, and published from the spool
+    assert broker.published == [("a1", "notifier")]
