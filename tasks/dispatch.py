@@ -7,6 +7,7 @@ failed its last attempt, end in the dead-letter store.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Collection
 from functools import cache
@@ -102,6 +103,46 @@ def _queue_of(task: Any) -> str | None:
     return queue if isinstance(queue, str) else None
 
 
+#: How many deliveries of a listener's message a worker's death may add to its attempts
+#: (``max_retries`` + 1) before the message goes to the dead letters. A pool process's death
+#: already counts as an attempt; this bounds the deaths of a whole worker (SIGKILL, OOM), after
+#: which the Redis transport hands the message out again without counting.
+EXTRA_DELIVERIES = 1
+
+
+def within_deliveries(task: Any, message: Any) -> bool:
+    """Count this delivery of a listener's message; past its bound, keep the message as a dead
+    letter instead of running the listener again."""
+    request = getattr(task, "request", None)
+    task_id = getattr(request, "id", None)
+    if not task_id:
+        return True  # called directly, not by a worker
+    key = f"notifier:deliveries:{task_id}"
+    try:
+        with dead_letters().client.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 7 * 24 * 3600)
+            deliveries, _ = pipe.execute()
+    except (redis.RedisError, OSError):
+        return True  # cannot count: rather run it once more than lose it
+    limit = (getattr(task, "max_retries", None) or 0) + 1 + EXTRA_DELIVERIES
+    if deliveries <= limit:
+        return True
+    listener = next((entry.name for entry in registry if entry.task.name == task.name), task.name)
+    letter = dead_letters().add(
+        f"delivered {deliveries} times without finishing: its worker died each time",
+        message,
+        listener=listener,
+        attempts=deliveries - 1,
+        queue=_queue_of(task),
+    )
+    logger.error("%s: its worker died each time; kept as dead letter %s", listener, letter.id)
+    return False
+
+
+registry.may_run = within_deliveries
+
+
 @signals.task_failure.connect
 def _keep_failed_message(
     sender: Any = None,
@@ -127,12 +168,22 @@ def _keep_failed_message(
     # The task's request is still the failed run's: its retries are the attempts before it.
     retries = getattr(sender.request, "retries", None)
     for listener_name in failed:
-        letter = dead_letters().add(
-            f"{type(exception).__name__}: {exception}",
-            message,
-            listener=listener_name,
-            attempts=retries + 1 if isinstance(retries, int) else None,
-            queue=_queue_of(sender),
-            traceback=str(einfo) if einfo is not None else None,
-        )
+        try:
+            letter = dead_letters().add(
+                f"{type(exception).__name__}: {exception}",
+                message,
+                listener=listener_name,
+                attempts=retries + 1 if isinstance(retries, int) else None,
+                queue=_queue_of(sender),
+                traceback=str(einfo) if einfo is not None else None,
+            )
+        except (redis.RedisError, OSError):
+            # The last place the message is: say it whole, so that it can be sent again.
+            logger.critical(
+                "%s failed for good and the dead letters are out of reach; its message: %s",
+                listener_name or name,
+                json.dumps(message, default=repr),
+                exc_info=True,
+            )
+            continue
         logger.error("%s failed for good: kept as dead letter %s", listener_name or name, letter.id)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast, overload
 
-from celery import Celery, Task
+from celery import Celery, Task, current_task
 
 from notifier.errors import ListenerError
 from notifier.events import ACTIONS
@@ -97,10 +97,16 @@ class Registry:
     """The listeners of one Celery app, by name."""
 
     def __init__(
-        self, app: Celery, on_new_queue: Callable[[str], None] = lambda name: None
+        self,
+        app: Celery,
+        on_new_queue: Callable[[str], None] = lambda name: None,
+        may_run: Callable[[Any, Any], bool] = lambda task, message: True,
     ) -> None:
         self.app = app
         self.on_new_queue = on_new_queue
+        # Asked before each run of a listener task (the running task, its message): False
+        # skips the run, the guard having dealt with the message.
+        self.may_run = may_run
         self._listeners: dict[str, Listener] = {}
 
     def __iter__(self) -> Iterator[Listener]:
@@ -200,6 +206,8 @@ class Registry:
 
         @functools.wraps(function)
         def run(message: Event | Mapping[str, Any]) -> Any:
+            if not self.may_run(current_task, message):
+                return None
             return function(_as_event(message))
 
         # Typed by hand: celery-types cannot tell which overload of app.task **options picks.
@@ -220,6 +228,8 @@ class Registry:
         original_run = task.run
 
         def run(message: Event | Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+            if not self.may_run(current_task, message):
+                return None
             return original_run(_as_event(message), *args, **kwargs)
 
         task.run = run  # type: ignore[method-assign]
