@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pyramid.request import Request
     from pyramid.response import Response
 
-__all__ = ["give_up", "gave_up", "notify_resource_changed", "outermost"]
+__all__ = ["give_up", "gave_up", "notify_resource_changed", "outermost", "shared_environ"]
 
 logger = logging.getLogger("notifier")
 
@@ -132,18 +132,20 @@ def gave_up(request: Any, publisher: object) -> bool:
     broker that is down or hung is enough. Each publisher keeps its own account, so that one
     broker's failure costs nothing to another.
     """
-    environ = _environ(request)
+    environ = shared_environ(request)
     return environ is not None and id(publisher) in environ.get(_GAVE_UP, ())
 
 
 def give_up(request: Any, publisher: object) -> None:
     """Record that ``publisher`` failed during ``request`` (see :func:`gave_up`)."""
-    environ = _environ(request)
+    environ = shared_environ(request)
     if environ is not None:
         environ.setdefault(_GAVE_UP, set()).add(id(publisher))
 
 
-def _environ(request: Any) -> dict[str, Any] | None:
+def shared_environ(request: Any) -> dict[str, Any] | None:
+    """The environ of the outermost request, where what one request shares is kept (a Kinto
+    batch's subrequests are one request); ``None`` for an event without a request."""
     if getattr(request, "environ", None) is None:
         return None
     environ: dict[str, Any] = outermost(request).environ

@@ -8,7 +8,7 @@ from uuid import uuid4
 
 from notifier.events import impacted_records_of
 from notifier.message import Message, encode, split
-from notifier.request import gave_up, give_up, outermost
+from notifier.request import gave_up, give_up, shared_environ
 from notifier.settings import NotifierSettings
 from notifier.spool import Spool
 
@@ -55,9 +55,7 @@ class Subscriber:
             f"event {event_id} ({action} {resource_name} {event.payload.get('uri')}, "
             f"{len(impacted_records)} records) to queue {queue}"
         )
-        # What one request shares (its id, the positions of its records) is kept with the
-        # outermost request: a Kinto batch's subrequests are one request.
-        environ = getattr(outermost(event.request), "environ", None) if event.request else None
+        environ = shared_environ(event.request)  # the request's id, its records' positions
         try:
             message = encode(
                 event.payload,
