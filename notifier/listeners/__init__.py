@@ -36,6 +36,7 @@ __all__ = [
     "env_prefix",
     "include_listeners",
     "kinto_celery_listeners",
+    "listener_name",
     "listener_options",
 ]
 
@@ -94,9 +95,15 @@ class AfterCommitListener(ListenerBase):
 
     def subscribe(self, config: Configurator, prefix: str) -> None:
         """Have this listener, configured under ``prefix``, called with committed events."""
-        self.name = prefix.rstrip(".").rsplit(".", 1)[-1]
+        self.name = listener_name(prefix)
         for event_class in after_commit_events():
             config.add_subscriber(self, event_class)
+
+
+def listener_name(prefix: str) -> str:
+    """The name of the listener configured under ``prefix``: ``notifier.event_listeners.redis.``
+    is ``redis``."""
+    return prefix.rstrip(".").rsplit(".", 1)[-1]
 
 
 def env_prefix(config: Configurator, prefix: str) -> str:

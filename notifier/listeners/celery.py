@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from notifier import publisher
-from notifier.listeners import AfterCommitListener, env_prefix
+from notifier.listeners import AfterCommitListener, env_prefix, listener_name
 from notifier.settings import parse_settings
 from notifier.spool import Spool
 from notifier.subscriber import Subscriber
@@ -55,8 +55,9 @@ def load_from_config(config: Configurator, prefix: str) -> Listener:
         others=("use",),
     )
     celery = publisher.CeleryPublisher(settings.broker_url, settings.publish_timeout)
-    name = prefix.rstrip(".").rsplit(".", 1)[-1]
-    spool = Spool(settings.spool_dir, celery.publish, settings.spool_retry, name=name)
+    spool = Spool(
+        settings.spool_dir, celery.publish, settings.spool_retry, name=listener_name(prefix)
+    )
     spool.start()  # what processes that are gone left behind
     listener = Listener(Subscriber(settings, celery, spool))
     listener.subscribe(config, prefix)
