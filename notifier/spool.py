@@ -133,6 +133,7 @@ class Spool:
         self._mutex = threading.Lock()
         self._wake = threading.Event()
         self._own: SpoolFile | None = None
+        self._holding = False  # whether self._own holds messages
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
 
@@ -151,8 +152,9 @@ class Spool:
 
     def holds_messages(self) -> bool:
         """Whether this process has messages waiting: new ones must queue behind them."""
-        with self._mutex:
-            return self._own is not None and len(self._own) > 0
+        # Asked before every publish: kept in memory, so that a process that once spooled does
+        # not read its file on each request for the rest of its life.
+        return self._holding
 
     def start(self) -> None:
         """Publish, in the background, what processes that are gone left in the directory."""
@@ -175,6 +177,7 @@ class Spool:
         """Append ``message`` for ``queue``; the background thread publishes it later."""
         with self._mutex:
             self._own_file().append(message, queue)
+            self._holding = True
             self._wake.set()
             self._start_thread()
 
@@ -188,6 +191,11 @@ class Spool:
             finally:
                 if spool_file is not self._own:
                     spool_file.unlock()
+        with self._mutex:
+            # Under the lock keep() appends under: a message kept meanwhile is not forgotten.
+            self._holding = self._own is not None and len(self._own) > 0
+            if not self._holding:
+                self._wake.clear()
         return published
 
     def files(self) -> list[SpoolFile]:
@@ -214,13 +222,9 @@ class Spool:
         while True:
             self._wake.wait()  # until keep() has something
             time.sleep(self.retry)  # give the broker a moment
-            published = self.flush()
+            published = self.flush()  # clears the wake once this process's file is empty
             if published:
                 logger.info("published %d spooled messages", published)
-            with self._mutex:
-                # Cleared under the lock keep() appends under: no message is forgotten.
-                if self._own is None or len(self._own) == 0:
-                    self._wake.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
