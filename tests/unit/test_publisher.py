@@ -1,10 +1,17 @@
-"""notifier.publisher.CeleryPublisher, on Celery's in-memory broker: the message a worker gets."""
+"""notifier.publisher.CeleryPublisher: the message a worker gets, on Celery's in-memory broker and
+on Redis (fakeredis; a real worker consumes it in tests/integration), and the bounds on a broker
+that does not answer."""
 
+import json
 import socket
 import time
 
+import fakeredis
 import pytest
-from kombu.exceptions import EncodeError, OperationalError
+import redis
+from kombu.transport.redis import Channel
+from kombu.transport.virtual import Message as kombu_message
+from kombu.exceptions import EncodeError
 
 from notifier.message import DISPATCH_TASK, decode, encode
 from notifier.publisher import CeleryPublisher
@@ -83,7 +90,7 @@ def test_an_absent_or_hung_broker_fails_the_publish_within_the_timeout(request, 
     publisher = CeleryPublisher(request.getfixturevalue(broker), timeout=0.25)
     started = time.monotonic()
     try:
-        with pytest.raises(OperationalError):
+        with pytest.raises(redis.RedisError):
             publisher.publish(message(), "notifier")
     finally:
         publisher.close()
@@ -100,3 +107,74 @@ def test_the_broker_url_given_wins_over_celery_broker_url_in_the_environment(mon
         assert decode(take(publisher, "articles").payload[0][0]).event_id
     finally:
         publisher.close()
+
+
+@pytest.fixture
+def redis_publisher():
+    publisher = CeleryPublisher("redis://127.0.0.1:1/0", timeout=0.5)  # nothing listens there
+    publisher.client = fakeredis.FakeRedis()
+    yield publisher
+    publisher.close()
+
+
+def received_from_redis(publisher, queue):
+    """The message a worker's kombu Redis channel would deliver from ``queue``."""
+    [item] = publisher.client.lrange(queue, 0, -1)
+    return kombu_message(json.loads(item), channel=_BodyDecoder())
+
+
+class _BodyDecoder:
+    """What kombu's Message asks of a Redis channel: to decode a body."""
+
+    codecs = Channel.codecs
+    decode_body = Channel.decode_body
+
+
+def test_on_redis_a_message_is_pushed_as_the_dispatch_task_celery_would_send(redis_publisher):
+    sent = message({"id": "a1", "title": "Brokers"})
+
+    redis_publisher.publish(sent, "articles")
+
+    received = received_from_redis(redis_publisher, "articles")
+    assert received.headers["task"] == DISPATCH_TASK
+    assert received.headers["id"] == received.headers["root_id"] == sent.task_id
+    assert received.headers["retries"] == 0
+    assert received.headers["eta"] is None
+    assert received.properties["priority"] == 0
+    assert received.delivery_info == {"exchange": "", "routing_key": "articles"}
+    assert received.content_type == "application/json"
+    args, kwargs, embed = json.loads(received.body)
+    assert (decode(args[0]), kwargs) == (sent, {})
+    assert embed == {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def test_on_redis_the_body_is_not_base64_and_the_log_names_the_event(redis_publisher):
+    sent = message({"id": "a1", "title": "x" * 1000})
+
+    redis_publisher.publish(sent, "notifier")
+
+    [item] = redis_publisher.client.lrange("notifier", 0, -1)
+    envelope = json.loads(item)
+    assert "body_encoding" not in envelope["properties"]
+    assert json.loads(envelope["body"])[0] == [sent.as_dict()]
+    assert envelope["headers"]["argsrepr"] == (
+        f"[<message {sent.event_id}: create article, part 0>]"
+    )
+
+
+def test_on_redis_each_message_gets_a_delivery_tag_of_its_own(redis_publisher):
+    redis_publisher.publish(message(), "notifier")
+    redis_publisher.publish(message(), "notifier")
+
+    tags = {
+        json.loads(item)["properties"]["delivery_tag"]
+        for item in redis_publisher.client.lrange("notifier", 0, -1)
+    }
+    assert len(tags) == 2
+
+
+def test_on_redis_a_message_that_is_not_json_raises_for_the_subscriber_to_log(redis_publisher):
+    with pytest.raises(TypeError):
+        redis_publisher.publish(message({"id": "a1", "when": object()}), "notifier")
+
+    assert redis_publisher.client.llen("notifier") == 0
