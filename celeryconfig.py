@@ -44,5 +44,7 @@ imports = os.environ.get("NOTIFIER_LISTENERS", "").replace(",", " ").split()
 # notifier's own settings (see the README).
 notifier_routes = os.environ.get("NOTIFIER_ROUTES", "")
 notifier_dead_letters_url = os.environ.get("NOTIFIER_DEAD_LETTERS_URL", broker_url)
+notifier_order_url = os.environ.get("NOTIFIER_ORDER_URL", broker_url)
 notifier_search_index = os.environ.get("NOTIFIER_SEARCH_INDEX", "search-index.sqlite3")
 notifier_search_resources = os.environ.get("NOTIFIER_SEARCH_RESOURCES", "")
+notifier_search_parents = os.environ.get("NOTIFIER_SEARCH_PARENTS", "")

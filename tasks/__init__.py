@@ -16,6 +16,7 @@ This package never imports Pyramid: workers do not need it installed.
 from __future__ import annotations
 
 import os
+import re
 
 from notifier.errors import ConfigurationError, ListenerError
 from notifier.settings import split_names
@@ -50,10 +51,18 @@ listener = _registry.listener
 def _register_search_index() -> None:
     # Checked when a worker starts: a bad resource name or an index it cannot write.
     resources = split_names(app.conf.notifier_search_resources)
+    parents = split_names(app.conf.notifier_search_parents)
     if not resources:
         return
+    if any(not re.fullmatch(r"\w+", name) or name in resources for name in parents):
+        raise ConfigurationError(
+            "NOTIFIER_SEARCH_PARENTS",
+            app.conf.notifier_search_parents,
+            "resource names (letters, digits, _) separated by spaces or commas, none of them "
+            "in NOTIFIER_SEARCH_RESOURCES",
+        )
     try:
-        listener(resources, name="notifier.search_index")(update_search_index)
+        listener(resources, name="notifier.search_index", parents=parents)(update_search_index)
     except ListenerError:
         raise ConfigurationError(
             "NOTIFIER_SEARCH_RESOURCES",

@@ -26,8 +26,10 @@ app.config_from_object(_config_module)
 for _setting in (
     "notifier_routes",
     "notifier_dead_letters_url",
+    "notifier_order_url",
     "notifier_search_index",
     "notifier_search_resources",
+    "notifier_search_parents",
 ):
     if app.conf.get(_setting) is None:
         raise ConfigurationError(

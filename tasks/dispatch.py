@@ -7,6 +7,7 @@ failed its last attempt, end in the dead-letter store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Collection
@@ -21,6 +22,7 @@ from notifier.errors import ListenersNotSent, MalformedMessage
 from notifier.message import DISPATCH_TASK, decode
 from tasks.app import app, registry
 from tasks.dead_letters import DeadLetters
+from tasks.ordering import OrderGuard
 from tasks.registry import Registry
 
 __all__ = ["DISPATCH_RETRIES", "dead_letters", "dispatch", "fan_out"]
@@ -36,6 +38,12 @@ DISPATCH_RETRIES = 20
 def dead_letters() -> DeadLetters:
     """The dead-letter store of this worker process."""
     return DeadLetters.from_url(app.conf.notifier_dead_letters_url)
+
+
+@cache
+def order_guard() -> OrderGuard:
+    """The per-object versions of this worker's ordered listeners."""
+    return OrderGuard.from_url(app.conf.notifier_order_url)
 
 
 def fan_out(
@@ -140,7 +148,18 @@ def within_deliveries(task: Any, message: Any) -> bool:
     return False
 
 
+def forget_delivery(task: Any) -> None:
+    """Uncount the delivery of a listener's message that was sent back to its queue unrun
+    (an ordered listener whose objects were busy): it was not an attempt."""
+    task_id = getattr(getattr(task, "request", None), "id", None)
+    # When Redis is out of reach, it stays counted: the bound holds, one delivery sooner.
+    with contextlib.suppress(redis.RedisError, OSError):
+        dead_letters().client.decr(f"notifier:deliveries:{task_id}")
+
+
 registry.may_run = within_deliveries
+registry.order_guard = order_guard
+registry.on_defer = forget_delivery
 
 
 @signals.task_failure.connect

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
+from notifier.events import parent_of
 from notifier.message import Message
 
-__all__ = ["Event"]
+__all__ = ["Event", "scopes_above"]
 
 
 class Event(Message):
@@ -25,6 +28,32 @@ class Event(Message):
         """Kinto's name for ``impacted_records``: the same list."""
         return self.impacted_records
 
+    @property
+    def deleted_parents(self) -> list[dict[str, Any]]:
+        """For the delete of a parent (a bucket, a collection...), what to drop: per deleted
+        object, the payload values that every record under it carries, e.g.
+        ``{"bucket_id": "blog", "collection_id": "posts"}``. Empty for other events."""
+        if self.action != "delete":
+            return []
+        parent = dict(parent_of(self.payload))
+        own_id = f"{self.resource_name}_id"
+        return [
+            {**parent, own_id: object_id}
+            for change in self.impacted_records
+            if (object_id := (change.get("new") or change.get("old") or {}).get("id")) is not None
+        ]
+
     @classmethod
     def from_message(cls, message: Message) -> Event:
         return cls(**{field.name: getattr(message, field.name) for field in fields(message)})
+
+
+def scopes_above(
+    parent: tuple[tuple[str, Any], ...],
+) -> Iterator[tuple[tuple[str, Any], ...]]:
+    """Every parent whose delete drops a record living in ``parent`` (the sorted payload
+    values of :func:`~notifier.events.parent_of`): each non-empty part of it, e.g. for
+    ``(("bucket_id", "b"), ("collection_id", "c"))`` the bucket, the collection, and
+    ``(("collection_id", "c"),)``, whatever order the app's URLs name them in."""
+    for size in range(1, len(parent) + 1):
+        yield from itertools.combinations(parent, size)

@@ -8,6 +8,8 @@ fails on its own.
 from __future__ import annotations
 
 import functools
+import logging
+import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,10 +21,13 @@ from notifier.errors import ListenerError
 from notifier.events import ACTIONS
 from notifier.message import Message, decode
 from tasks.event import Event
+from tasks.ordering import Busy, OrderGuard
 
 __all__ = ["DEFAULT_ACTIONS", "LISTENER_QUEUE", "RETRIES", "Listener", "Registry"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("notifier")
 
 DEFAULT_ACTIONS = ("create", "update", "delete")
 #: The queue of a listener that names none: its own, so that only the workers that have the
@@ -74,8 +79,17 @@ class Listener:
     task: Task[Any, Any]
     queue: str
     where: Mapping[str, frozenset[str]] = field(default_factory=dict)  # payload key: values
+    ordered: bool = False
+    parents: frozenset[str] = frozenset()  # resources whose deletes drop what is under them
 
     def wants(self, message: Message) -> bool:
+        if self.is_parent_delete(message):
+            # A bucket's delete has no collection_id, yet drops the collections a
+            # where={"collection_id": ...} listener keeps: only the values it has must match.
+            return all(
+                message.payload.get(key) is None or message.payload.get(key) in values
+                for key, values in self.where.items()
+            )
         return (
             message.action in self.actions
             and ("*" in self.resource_names or message.resource_name in self.resource_names)
@@ -84,6 +98,10 @@ class Listener:
                 for key, values in self.where.items()
             )
         )
+
+    def is_parent_delete(self, message: Message) -> bool:
+        """Whether ``message`` deletes a parent of this listener's resources."""
+        return message.action == "delete" and message.resource_name in self.parents
 
 
 def _as_event(argument: Event | Mapping[str, Any]) -> Event:
@@ -101,12 +119,18 @@ class Registry:
         app: Celery,
         on_new_queue: Callable[[str], None] = lambda name: None,
         may_run: Callable[[Any, Any], bool] = lambda task, message: True,
+        order_guard: Callable[[], OrderGuard] | None = None,
+        on_defer: Callable[[Any], None] = lambda task: None,
     ) -> None:
         self.app = app
         self.on_new_queue = on_new_queue
         # Asked before each run of a listener task (the running task, its message): False
         # skips the run, the guard having dealt with the message.
         self.may_run = may_run
+        # The per-object versions of ordered listeners; told of each run sent back to its
+        # queue because its objects were busy (a delivery that is not an attempt).
+        self.order_guard = order_guard
+        self.on_defer = on_defer
         self._listeners: dict[str, Listener] = {}
 
     def __iter__(self) -> Iterator[Listener]:
@@ -135,6 +159,8 @@ class Registry:
         name: str | None = None,
         queue: str | None = None,
         where: Mapping[str, str | Iterable[str]] | None = None,
+        ordered: bool = False,
+        parents: Iterable[str] = (),
         **task_options: Any,
     ) -> Callable[[F], F]: ...
 
@@ -147,6 +173,8 @@ class Registry:
         name: str | None = None,
         queue: str | None = None,
         where: Mapping[str, str | Iterable[str]] | None = None,
+        ordered: bool = False,
+        parents: Iterable[str] = (),
         **task_options: Any,
     ) -> Any:
         """Register a listener of the events on ``resource_names`` (``"*"``: all) and
@@ -155,8 +183,16 @@ class Registry:
         Used bare (``@listener``) or with arguments. ``where`` keeps only the events whose
         payload has these values, e.g. ``where={"bucket_id": "blog"}`` or
         ``where={"collection_id": ["posts", "pages"]}``. ``queue`` is the queue of the
-        listener's tasks (default: ``notifier.listener.<name>``, one per listener). On a plain
-        function, ``task_options`` are Celery task options (``max_retries``, ``rate_limit``...).
+        listener's tasks (default: ``notifier.listener.<name>``, one per listener).
+
+        ``ordered=True`` never lets the listener apply an older version of an object after a
+        newer one (see :mod:`tasks.ordering`): it receives each event with only the changes
+        newer than those it applied. ``parents`` names resources whose deletes the listener
+        receives too, as "drop everything under it" (e.g. ``parents=("bucket", "collection")``
+        for Kinto records): :attr:`~tasks.event.Event.deleted_parents` says what to drop.
+
+        On a plain function, ``task_options`` are Celery task options (``max_retries``,
+        ``rate_limit``...).
         Stacked on an existing ``@app.task``, the task keeps its own options. The decorated
         object is returned unchanged, still callable with an :class:`~tasks.event.Event`.
         """
@@ -165,6 +201,9 @@ class Registry:
         resources = self._check_resources(resource_names)
         wanted = self._check_actions(actions)
         payload_filter = self._check_where(where or {})
+        parent_names = self._check_parents(parents, resources)
+        if not isinstance(ordered, bool):
+            raise ListenerError(f"bad ordered={ordered!r}: use True or False")
         unknown = sorted(set(task_options) - TASK_OPTIONS)
         if unknown:
             raise ListenerError(
@@ -174,20 +213,30 @@ class Registry:
 
         def register(function: F) -> F:
             if isinstance(function, Task):
-                task = self._adopt_task(function, task_options)
+                listener_name = name or function.name
             else:
-                task = self._make_task(function, name, task_options)
-            listener_name = name or task.name
+                listener_name = name or f"{function.__module__}.{function.__qualname__}"
             if listener_name in self._listeners:
                 raise ListenerError(
                     f"a listener named {listener_name!r} is already registered: give this one "
                     f"another name with @listener(..., name='...')"
                 )
+            if isinstance(function, Task):
+                task = self._adopt_task(function, listener_name, task_options)
+            else:
+                task = self._make_task(function, listener_name, task_options)
             listener_queue = (
                 queue or getattr(task, "queue", None) or LISTENER_QUEUE.format(name=listener_name)
             )
             self._listeners[listener_name] = Listener(
-                listener_name, resources, wanted, task, listener_queue, payload_filter
+                listener_name,
+                resources,
+                wanted,
+                task,
+                listener_queue,
+                payload_filter,
+                ordered,
+                parent_names,
             )
             self.on_new_queue(listener_queue)
             return function
@@ -195,9 +244,8 @@ class Registry:
         return register
 
     def _make_task(
-        self, function: Callable[..., Any], name: str | None, options: dict[str, Any]
+        self, function: Callable[..., Any], task_name: str, options: dict[str, Any]
     ) -> Task[Any, Any]:
-        task_name = name or f"{function.__module__}.{function.__qualname__}"
         if task_name in self.app.tasks:
             raise ListenerError(
                 f"a Celery task named {task_name!r} exists already: give the listener another "
@@ -206,9 +254,7 @@ class Registry:
 
         @functools.wraps(function)
         def run(message: Event | Mapping[str, Any]) -> Any:
-            if not self.may_run(current_task, message):
-                return None
-            return function(_as_event(message))
+            return self._run(task_name, message, function)
 
         # Typed by hand: celery-types cannot tell which overload of app.task **options picks.
         task_decorator = cast(
@@ -217,7 +263,9 @@ class Registry:
         # Not shared: the task belongs to this registry's app, not to every app in the process.
         return task_decorator(name=task_name, shared=False, **{**RETRIES, **options})(run)
 
-    def _adopt_task(self, task: Task[Any, Any], options: dict[str, Any]) -> Task[Any, Any]:
+    def _adopt_task(
+        self, task: Task[Any, Any], listener_name: str, options: dict[str, Any]
+    ) -> Task[Any, Any]:
         if options:
             raise ListenerError(
                 f"{task.name} is a Celery task: set {sorted(options)} on its @app.task(...) "
@@ -228,12 +276,73 @@ class Registry:
         original_run = task.run
 
         def run(message: Event | Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
-            if not self.may_run(current_task, message):
-                return None
-            return original_run(_as_event(message), *args, **kwargs)
+            return self._run(
+                listener_name, message, lambda event: original_run(event, *args, **kwargs)
+            )
 
         task.run = run  # type: ignore[method-assign]
         return task
+
+    def _run(self, name: str, message: Any, call: Callable[[Event], Any]) -> Any:
+        # One run of a listener's task (or a direct call, outside any worker).
+        task = current_task
+        if not self.may_run(task, message):
+            return None
+        event = _as_event(message)
+        listener = self._listeners.get(name)
+        if listener is None or not listener.ordered or self.order_guard is None:
+            return call(event)
+        request = getattr(task, "request", None)
+        time_limit = getattr(task, "time_limit", None) or self.app.conf.task_time_limit or 300
+        guard = self.order_guard()
+        try:
+            claim = guard.claim(
+                name,
+                event,
+                parents=listener.parents,
+                token=getattr(request, "id", None),
+                ttl=time_limit + 60,
+            )
+        except Busy:
+            if request is None or not getattr(request, "id", None):
+                raise  # a direct call: the caller decides
+            self._defer(task, listener)
+            return None
+        new_event = claim.new_event
+        if new_event is None:
+            guard.release(claim, applied=False)
+            logger.info("%s: event %s skipped, %s", name, event.event_id, "older than applied")
+            return None
+        try:
+            result = call(new_event)
+        except BaseException:
+            guard.release(claim, applied=False)
+            raise
+        guard.release(claim, applied=True)
+        return result
+
+    def _defer(self, task: Any, listener: Listener) -> None:
+        # Back to the listener's queue, a little later, as the same task (same id, same
+        # attempts): waiting here would keep a pool process that the run holding the objects
+        # may need, when that run is a redelivery.
+        request = task.request
+        delay = random.uniform(0.5, 2.0)
+        task.apply_async(
+            args=request.args,
+            kwargs=request.kwargs,
+            task_id=request.id,
+            queue=listener.queue,
+            countdown=delay,
+            retries=request.retries,
+        )
+        self.on_defer(task)
+        logger.info(
+            "%s: task %s sent back to %s for %.1f s, its objects being busy",
+            listener.name,
+            request.id,
+            listener.queue,
+            delay,
+        )
 
     @staticmethod
     def _check_resources(resource_names: str | Iterable[str]) -> frozenset[str]:
@@ -243,6 +352,21 @@ class Registry:
             raise ListenerError(
                 f"bad resource names {bad or names!r}: use resource names like 'article', "
                 "or '*' for every resource"
+            )
+        return frozenset(names)
+
+    @staticmethod
+    def _check_parents(parents: Any, resources: frozenset[str]) -> frozenset[str]:
+        names = [parents] if isinstance(parents, str) else list(parents)
+        bad = [
+            n
+            for n in names
+            if not isinstance(n, str) or not _RESOURCE_NAME.match(n) or n == "*" or n in resources
+        ]
+        if bad:
+            raise ListenerError(
+                f"bad parents {bad!r}: name the resources whose deletes drop this listener's "
+                "records, e.g. parents=('bucket', 'collection'), other than its own resources"
             )
         return frozenset(names)
 

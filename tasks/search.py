@@ -1,13 +1,19 @@
 """The built-in search index listener: a SQLite FTS5 full-text index of resources' records.
 
 Workers index the resources named in ``NOTIFIER_SEARCH_RESOURCES`` (space or comma separated)
-into the SQLite file ``NOTIFIER_SEARCH_INDEX``. Readers query it with SQL; the schema is::
+into the SQLite file ``NOTIFIER_SEARCH_INDEX``. The deletes of the resources named in
+``NOTIFIER_SEARCH_PARENTS`` (Kinto: ``bucket collection``) drop every record under them.
+Readers query it with SQL; the schema is::
 
     records(id, resource_name, parent, record_id, last_modified, deleted, record, text)
-        one row per record; record is its JSON, parent names where it lives; a deleted
-        record stays as a tombstone (deleted = 1, no text), so that an older change
-        arriving late cannot bring it back
+        one row per record; record is its JSON, parent (a JSON object: the payload's
+        matchdict values, e.g. {"bucket_id": "b", "collection_id": "c"}) names where it
+        lives; a deleted record stays as a tombstone (deleted = 1, no text), so that an
+        older change arriving late cannot bring it back
     records_fts(text)  -- FTS5, content of records, rowid = records.id
+    drops(scope, last_modified)
+        the parents deleted (scope: a JSON object like parent), so that an older change
+        under them arriving late is not indexed
 
 for example ``SELECT r.record FROM records_fts JOIN records r ON r.id = records_fts.rowid
 WHERE records_fts MATCH ? AND NOT r.deleted ORDER BY rank``.
@@ -18,15 +24,28 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from functools import cache
 from typing import Any
 
 from notifier.events import parent_of
-from tasks.event import Event
+from tasks.event import Event, scopes_above
 
 __all__ = ["SearchIndex", "update_search_index"]
+
+_KEY = re.compile(r"^\w+$")
+
+
+def _canonical(items: Any) -> str:
+    """A parent or a scope as the index stores it: a JSON object with sorted keys."""
+    return json.dumps(dict(items), sort_keys=True)
+
+
+def _version(change: dict[str, Any], payload: dict[str, Any]) -> int | None:
+    version = (change.get("new") or {}).get("last_modified", payload.get("timestamp"))
+    return version if isinstance(version, int) else None
+
 
 # One transaction, so that a reader never sees half a schema.
 _SCHEMA = """
@@ -55,7 +74,17 @@ CREATE TRIGGER IF NOT EXISTS records_au AFTER UPDATE ON records BEGIN
     INSERT INTO records_fts(records_fts, rowid, text) VALUES ('delete', old.id, old.text);
     INSERT INTO records_fts(rowid, text) VALUES (new.id, new.text);
 END;
+CREATE TABLE IF NOT EXISTS drops (
+    scope TEXT PRIMARY KEY,
+    last_modified INTEGER NOT NULL
+);
 COMMIT;
+"""
+
+# A parent's delete is remembered as its newest version.
+_DROP = """
+INSERT INTO drops (scope, last_modified) VALUES (?, ?)
+ON CONFLICT (scope) DO UPDATE SET last_modified = max(last_modified, excluded.last_modified)
 """
 
 
@@ -102,24 +131,48 @@ class SearchIndex:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        with self._connect() as connection:
+        with self._connect(write=False) as connection:
             connection.executescript(_SCHEMA)
+        with self._connect() as connection:
+            # Files written before parents were JSON objects held lists of [key, value] pairs.
+            listed = connection.execute("SELECT id, parent FROM records WHERE parent LIKE '[%'")
+            connection.executemany(
+                "UPDATE records SET parent = ? WHERE id = ?",
+                [(_canonical(json.loads(parent)), row) for row, parent in listed.fetchall()],
+            )
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         with closing(sqlite3.connect(self.path, timeout=30)) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
             with connection:  # one transaction: committed, or rolled back on error
+                if write:
+                    # The write lock first: what a change reads (the drops above it, the row
+                    # it replaces) cannot change under it before it writes.
+                    connection.execute("BEGIN IMMEDIATE")
                 yield connection
 
-    def apply(self, event: Event) -> None:
-        """Bring the index up to date with ``event``.
+    def apply(self, event: Event, parents: frozenset[str] = frozenset()) -> None:
+        """Bring the index up to date with ``event``; the delete of one of ``parents``
+        (resource names, e.g. collection) drops every record under the deleted objects.
 
-        A change is applied only if it is newer (``last_modified``) than what the index holds,
-        and a delete leaves a tombstone: events applied in any order, or twice, leave the index
-        as the last change left the record.
+        A change is applied only if it is newer (``last_modified``) than what the index holds
+        and than the delete of any parent above it, and a delete leaves a tombstone: events
+        applied in any order, or twice, leave the index as the last change left the record.
         """
-        parent = json.dumps(parent_of(event.payload))
+        if event.action == "delete" and event.resource_name in parents:
+            drops = [
+                (scope, _version(change, event.payload))
+                for scope, change in zip(
+                    event.deleted_parents, event.impacted_records, strict=False
+                )
+            ]
+            with self._connect() as connection:
+                for scope, version in drops:
+                    self._drop(connection, scope, version)
+            return
+        parent_items = parent_of(event.payload)
+        parent = _canonical(parent_items)
         rows = []
         for change in event.impacted_records:
             new, old = change.get("new") or {}, change.get("old") or {}
@@ -135,7 +188,85 @@ class SearchIndex:
                 row = (new.get("last_modified"), False, json.dumps(new), _text(new))
             rows.append((event.resource_name, parent, str(record_id), *row))
         with self._connect() as connection:
+            dropped = self._dropped_at(connection, parent_items)
+            if dropped is not None:
+                # Changes made before a parent's delete are gone with it.
+                rows = [row for row in rows if row[3] is not None and row[3] > dropped]
             connection.executemany(_UPSERT, rows)
+
+    @staticmethod
+    def _dropped_at(connection: sqlite3.Connection, parent: Any) -> int | None:
+        scopes = [_canonical(scope) for scope in scopes_above(parent)]
+        if not scopes:
+            return None
+        marks = ", ".join("?" * len(scopes))
+        found = connection.execute(
+            f"SELECT max(last_modified) FROM drops WHERE scope IN ({marks})", scopes
+        ).fetchone()[0]
+        return int(found) if found is not None else None
+
+    @staticmethod
+    def _drop(connection: sqlite3.Connection, scope: dict[str, Any], version: int | None) -> None:
+        if version is None or not all(_KEY.match(key) for key in scope):
+            return  # no version to compare later changes with, or no such payload key
+        where = " AND ".join(f"json_extract(parent, '$.{key}') = ?" for key in scope)
+        connection.execute(
+            f"DELETE FROM records WHERE {where} AND (last_modified IS NULL OR last_modified <= ?)",
+            [*(str(value) for value in scope.values()), version],
+        )
+        connection.execute(_DROP, (_canonical(sorted(scope.items())), version))
+
+    def reindex(
+        self,
+        resource_name: str,
+        records: Iterable[tuple[Mapping[str, Any], dict[str, Any]]],
+        as_of: int,
+        on_progress: Callable[[int], None] = lambda count: None,
+        chunk: int = 500,
+    ) -> int:
+        """Make the index hold the ``records`` of ``resource_name`` (pairs of parent, record)
+        that a storage held at version ``as_of``, and no other; return how many.
+
+        For disaster recovery, while workers keep applying events: a change newer than the
+        index's wins, whichever came first, so changes made after the snapshot stay. Records
+        the snapshot does not hold become tombstones at ``as_of``. Written ``chunk`` records
+        per transaction (so that workers are not held up), ``on_progress`` told each time.
+        """
+        seen: set[tuple[str, str]] = set()
+        rows: list[tuple[Any, ...]] = []
+
+        def write() -> None:
+            with self._connect() as connection:
+                connection.executemany(_UPSERT, rows)
+            on_progress(len(rows))
+            rows.clear()
+
+        for parent_values, record in records:
+            parent, record_id = _canonical(sorted(parent_values.items())), str(record["id"])
+            seen.add((parent, record_id))
+            version = record.get("last_modified")
+            row = (resource_name, parent, record_id, version, False, json.dumps(record))
+            rows.append((*row, _text(record)))
+            if len(rows) >= chunk:
+                write()
+        if rows:
+            write()
+        with self._connect() as connection:
+            indexed = connection.execute(
+                "SELECT id, parent, record_id FROM records WHERE resource_name = ? "
+                "AND NOT deleted AND (last_modified IS NULL OR last_modified <= ?)",
+                (resource_name, as_of),
+            ).fetchall()
+            connection.executemany(
+                "UPDATE records SET deleted = 1, last_modified = ?, record = ?, text = '' "
+                "WHERE id = ?",
+                [
+                    (as_of, json.dumps({"id": id_, "last_modified": as_of, "deleted": True}), row)
+                    for row, parent, id_ in indexed
+                    if (parent, id_) not in seen
+                ],
+            )
+        return len(seen)
 
     def search(self, query: str, resource_name: str | None = None) -> list[dict[str, Any]]:
         """The records whose text holds every word of ``query``, best match first."""
@@ -150,12 +281,12 @@ class SearchIndex:
         if resource_name is not None:
             sql += " AND r.resource_name = ?"
             parameters.append(resource_name)
-        with self._connect() as connection:
+        with self._connect(write=False) as connection:
             rows = connection.execute(sql + " ORDER BY rank", parameters).fetchall()
         return [json.loads(row[0]) for row in rows]
 
     def __len__(self) -> int:
-        with self._connect() as connection:
+        with self._connect(write=False) as connection:
             count = connection.execute("SELECT count(*) FROM records WHERE NOT deleted")
             return int(count.fetchone()[0])
 
@@ -166,7 +297,10 @@ def _index(path: str) -> SearchIndex:
 
 
 def update_search_index(event: Event) -> None:
-    """The built-in listener: apply ``event`` to the index at ``NOTIFIER_SEARCH_INDEX``."""
+    """The built-in listener: apply ``event`` to the index at ``NOTIFIER_SEARCH_INDEX``; the
+    deletes of ``NOTIFIER_SEARCH_PARENTS`` drop what is under them."""
+    from notifier.settings import split_names
     from tasks.app import app
 
-    _index(app.conf.notifier_search_index).apply(event)
+    parents = frozenset(split_names(app.conf.notifier_search_parents))
+    _index(app.conf.notifier_search_index).apply(event, parents)

@@ -252,7 +252,7 @@ def test_two_functions_with_one_qualified_name_fail(registry):
     def handle(event):
         return event
 
-    with pytest.raises(ListenerError, match="exists already"):
+    with pytest.raises(ListenerError, match="already registered"):
         registry.listener("comment")(handle)
 
 
