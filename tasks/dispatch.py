@@ -22,6 +22,7 @@ from notifier.errors import ListenersNotSent, MalformedMessage
 from notifier.message import DISPATCH_TASK, decode
 from tasks.app import app, registry
 from tasks.dead_letters import DeadLetters
+from tasks.inline import run_alone
 from tasks.ordering import OrderGuard
 from tasks.registry import Registry
 
@@ -94,10 +95,18 @@ def fan_out(
     return sent
 
 
-@app.task(name=DISPATCH_TASK, bind=True, max_retries=DISPATCH_RETRIES)
+# A pool process lost while running a listener's first attempt (tasks/inline.py) has dispatch
+# retried at once, as the listener's own task would be, not after Celery's default 3 minutes.
+@app.task(name=DISPATCH_TASK, bind=True, max_retries=DISPATCH_RETRIES, default_retry_delay=0)
 def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) -> list[str]:
     """Run every listener that wants ``message``; try again for those it could not reach."""
     try:
+        # A message that one listener alone wants: its first attempt runs here.
+        delivery_info = getattr(self.request, "delivery_info", None) or {}
+        again = bool(self.request.retries or delivery_info.get("redelivered"))
+        ran = run_alone(message, registry, dead_letters(), only, again=again)
+        if ran is not None:
+            return ran
         return fan_out(message, registry, dead_letters(), only, queue=_queue_of(self))
     except ListenersNotSent as exc:
         countdown = min(2**self.request.retries, 60)

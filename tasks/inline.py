@@ -1,0 +1,163 @@
+"""A message that only one listener wants: dispatch runs that listener's first attempt itself.
+
+Each listener runs as its own Celery task so that it runs, retries and fails on its own, apart
+from the others. A message that one listener alone wants has no others to be kept apart from;
+sending it a task of its own would only double what the event costs the workers (a second
+task message to publish, take, acknowledge and run: measured in bench/, a worker handles about
+half as many events). So the dispatch task runs it, on these terms:
+
+- Only where the listener's own task would run the same way: in a worker that consumes the
+  listener's queue (a worker started with ``-Q`` or ``-X`` that leaves the queue out sends the
+  task, as before), for a listener whose task adds nothing around its run (a plain function,
+  or a plain ``@app.task``: no hooks of its own), without a rate limit or time limits of its
+  own, that does not keep order (``ordered=``, ``parents=``).
+- The run is the listener task's first attempt, with the request its task would have had (its
+  id ``<event_id>:<listener>``, its queue, no retries yet): the bound on deliveries
+  (``tasks.dispatch.within_deliveries``) counts it, so a worker that dies during it redelivers
+  the dispatch message, which runs the listener again until it has used its attempts, and then
+  keeps it as a dead letter.
+- A run that raises is retried as Celery retries the listener's task (``autoretry_for``,
+  backoff, ``max_retries``): Celery sends the task for its second attempt, and from then on the
+  listener's own task retries and fails as usual. An exception the listener does not retry
+  keeps the message as a dead letter at once, with the traceback, as its task would.
+- Celery's signals about the listener's task (``task_prerun``, ``task_success``...) are not
+  sent for this first attempt; the dispatch task's are.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+import redis
+from celery import Task
+from celery._state import _task_stack  # type: ignore[attr-defined]  # not in celery-types
+from celery.exceptions import Reject, Retry
+from kombu.exceptions import KombuError
+
+from notifier.errors import ListenersNotSent, MalformedMessage
+from notifier.message import decode
+from tasks.dead_letters import DeadLetters
+from tasks.registry import Listener, Registry
+
+__all__ = ["run_alone", "runs_in_dispatch"]
+
+logger = logging.getLogger("notifier")
+
+# What Celery's worker calls around a task's run, besides the run: a task whose class changes
+# none of these runs the same in dispatch.
+_HOOKS = ("__call__", "before_start", "on_success", "on_failure", "on_retry", "after_return")
+
+
+def runs_in_dispatch(listener: Listener) -> bool:
+    """Whether dispatch may run ``listener``'s first attempt itself (see the module's doc)."""
+    task = listener.task
+    queues = task.app.amqp.queues
+    consumed = queues.consume_from if queues.consume_from is not None else queues
+    return (
+        listener.queue in consumed
+        and not getattr(listener, "ordered", False)
+        and not getattr(listener, "parents", None)
+        and task.rate_limit is None
+        # The dispatch task's time limits, the workers' defaults, bound the run.
+        and task.time_limit == task.app.conf.task_time_limit
+        and task.soft_time_limit == task.app.conf.task_soft_time_limit
+        and all(getattr(type(task), hook) is getattr(Task, hook) for hook in _HOOKS)
+    )
+
+
+def run_alone(
+    data: Any,
+    registry: Registry,
+    dead_letters: DeadLetters,
+    only: list[str] | None,
+    *,
+    again: bool = False,
+) -> list[str] | None:
+    """Run the one listener that wants the message ``data``, if it alone does and may run here;
+    return its name. ``None``: dispatch sends the listener tasks as usual.
+
+    ``again``: this dispatch is a retry or a redelivery, so the first attempt ran here already
+    and its worker died: the listener's own task takes over, for its second attempt.
+    """
+    try:
+        message = decode(data)
+    except MalformedMessage:
+        return None  # fan_out keeps it as a dead letter
+    matching = [
+        listener for listener in registry.matching(message) if only is None or listener.name in only
+    ]
+    if len(matching) != 1 or not runs_in_dispatch(matching[0]):
+        return None
+    [listener] = matching
+    task = listener.task
+    if again:
+        if only is not None:
+            return None  # a listener dispatch could not send to: send it as usual
+        _hand_over(listener, data, message.task_id)
+        return [listener.name]
+    # The request the listener's task would run with: its retries, the delivery guard and
+    # Celery's retry (its queue, its attempts) read it, and current_task is the listener's.
+    task.push_request(
+        id=f"{message.task_id}:{listener.name}",
+        args=[data],
+        kwargs={},
+        retries=0,
+        delivery_info={"exchange": "", "routing_key": listener.queue},
+        called_directly=False,
+    )
+    _task_stack.push(task)
+    try:
+        task.run(data)
+    except Retry:
+        # Celery sent the listener's task for its next attempt, and logged why.
+        logger.warning(
+            "listener %s failed on event %s in dispatch: its task tries again",
+            listener.name,
+            message.event_id,
+        )
+    except Reject as exc:  # the retry's task could not be sent
+        logger.error("event %s not sent to listener %s: %s", message.event_id, listener.name, exc)
+        raise ListenersNotSent([listener.name]) from None
+    except Exception as exc:
+        # Not retried (autoretry_for, dont_autoretry_for, max_retries): failed for good.
+        letter = dead_letters.add(
+            f"{type(exc).__name__}: {exc}",
+            data,
+            listener=listener.name,
+            attempts=1,
+            queue=listener.queue,
+            traceback=traceback.format_exc(),
+        )
+        logger.error("%s failed for good: kept as dead letter %s", listener.name, letter.id)
+    else:
+        logger.info(
+            "event %s (%s %s) run by listener %s in dispatch",
+            message.event_id,
+            message.action,
+            message.resource_name,
+            listener.name,
+        )
+    finally:
+        _task_stack.pop()
+        task.pop_request()
+    return [listener.name]
+
+
+def _hand_over(listener: Listener, data: Any, task_id: str) -> None:
+    try:
+        listener.task.apply_async(
+            args=(data,),
+            task_id=f"{task_id}:{listener.name}",
+            queue=listener.queue,
+            retries=1,  # type: ignore[call-arg]  # the attempt that ran in dispatch, whose worker died
+        )
+    except (KombuError, redis.RedisError, OSError):
+        logger.exception("event %s not sent to listener %s", task_id, listener.name)
+        raise ListenersNotSent([listener.name]) from None
+    logger.warning(
+        "listener %s: its first attempt on %s ended with its worker; its task tries again",
+        listener.name,
+        task_id,
+    )
