@@ -168,7 +168,7 @@ def split(message: Message, max_bytes: int) -> list[Message]:
     """``message`` as parts whose records (and their positions) take at most about
     ``max_bytes`` of JSON each (a record larger than that travels alone), in order; one part
     when it fits."""
-    if not message.impacted_records:
+    if len(message.impacted_records) < 2:  # nothing to split: a record travels whole
         return [message]
     groups: list[tuple[list[dict[str, Any]], list[int]]] = [([], [])]
     size = 0
