@@ -33,15 +33,21 @@ class Event(Message):
         """For the delete of a parent (a bucket, a collection...), what to drop: per deleted
         object, the payload values that every record under it carries, e.g.
         ``{"bucket_id": "blog", "collection_id": "posts"}``. Empty for other events."""
+        return [scope for scope, _ in self.parent_deletes()]
+
+    def parent_deletes(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """:attr:`deleted_parents`, each with the change (``new``, ``old``) it comes from."""
         if self.action != "delete":
             return []
         parent = dict(parent_of(self.payload))
         own_id = f"{self.resource_name}_id"
-        return [
-            {**parent, own_id: object_id}
-            for change in self.impacted_records
-            if (object_id := (change.get("new") or change.get("old") or {}).get("id")) is not None
-        ]
+        deletes = []
+        for change in self.impacted_records:
+            # The id as everywhere else: the new record's (a tombstone), else the old one's.
+            object_id = (change.get("new") or {}).get("id", (change.get("old") or {}).get("id"))
+            if object_id is not None:
+                deletes.append(({**parent, own_id: object_id}, change))
+        return deletes
 
     @classmethod
     def from_message(cls, message: Message) -> Event:

@@ -368,6 +368,11 @@ class Registry:
                 f"bad parents {bad!r}: name the resources whose deletes drop this listener's "
                 "records, e.g. parents=('bucket', 'collection'), other than its own resources"
             )
+        if names and "*" in resources:
+            raise ListenerError(
+                f"parents={names!r} with every resource ('*'): name the listener's resources, "
+                "so that a parent's delete is not also one of its own objects' deletes"
+            )
         return frozenset(names)
 
     @staticmethod

@@ -161,19 +161,13 @@ class SearchIndex:
         applied in any order, or twice, leave the index as the last change left the record.
         """
         if event.action == "delete" and event.resource_name in parents:
-            drops = [
-                (scope, _version(change, event.payload))
-                for scope, change in zip(
-                    event.deleted_parents, event.impacted_records, strict=False
-                )
-            ]
             with self._connect() as connection:
-                for scope, version in drops:
-                    self._drop(connection, scope, version)
+                for scope, change in event.parent_deletes():
+                    self._drop(connection, scope, _version(change, event.payload))
             return
         parent_items = parent_of(event.payload)
         parent = _canonical(parent_items)
-        rows = []
+        rows, made_at = [], []  # made_at: each row's version (else the payload's timestamp)
         for change in event.impacted_records:
             new, old = change.get("new") or {}, change.get("old") or {}
             deleted = event.action == "delete" or bool(new.get("deleted"))
@@ -187,11 +181,16 @@ class SearchIndex:
             else:
                 row = (new.get("last_modified"), False, json.dumps(new), _text(new))
             rows.append((event.resource_name, parent, str(record_id), *row))
+            made_at.append(_version(change, event.payload))
         with self._connect() as connection:
             dropped = self._dropped_at(connection, parent_items)
             if dropped is not None:
                 # Changes made before a parent's delete are gone with it.
-                rows = [row for row in rows if row[3] is not None and row[3] > dropped]
+                rows = [
+                    row
+                    for row, at in zip(rows, made_at, strict=True)
+                    if at is not None and at > dropped
+                ]
             connection.executemany(_UPSERT, rows)
 
     @staticmethod
@@ -234,19 +233,32 @@ class SearchIndex:
         """
         seen: set[tuple[str, str]] = set()
         rows: list[tuple[Any, ...]] = []
+        parents: list[tuple[tuple[str, Any], ...]] = []
 
         def write() -> None:
             with self._connect() as connection:
-                connection.executemany(_UPSERT, rows)
+                # A parent's delete applied since the snapshot was read drops its records.
+                dropped = {parent: self._dropped_at(connection, parent) for parent in parents}
+                connection.executemany(
+                    _UPSERT,
+                    [
+                        row
+                        for row, parent in zip(rows, parents, strict=True)
+                        if (at := dropped[parent]) is None or (row[3] or 0) > at
+                    ],
+                )
             on_progress(len(rows))
             rows.clear()
+            parents.clear()
 
         for parent_values, record in records:
-            parent, record_id = _canonical(sorted(parent_values.items())), str(record["id"])
+            parent_items = tuple(sorted(parent_values.items()))
+            parent, record_id = _canonical(parent_items), str(record["id"])
             seen.add((parent, record_id))
             version = record.get("last_modified")
             row = (resource_name, parent, record_id, version, False, json.dumps(record))
             rows.append((*row, _text(record)))
+            parents.append(parent_items)
             if len(rows) >= chunk:
                 write()
         if rows:

@@ -78,3 +78,34 @@ def test_a_failed_listeners_message_is_logged_whole_when_the_dead_letters_are_ou
         )
 
     assert 'the dead letters are out of reach; its message: {"event_id": "e9"}' in caplog.text
+
+
+def test_a_delivery_sent_back_to_its_queue_unrun_is_not_counted(dead_letters):
+    # An ordered listener whose objects were busy goes back to its queue: not an attempt.
+    task = running(max_retries=0)
+    for _ in range(5):
+        assert dispatch_module.within_deliveries(task, {"event_id": "e1"})
+        dispatch_module.forget_delivery(task)
+
+    runs = [dispatch_module.within_deliveries(task, {"event_id": "e1"}) for _ in range(3)]
+
+    assert runs == [True, True, False]
+
+
+class RedisThatCannotCount(fakeredis.FakeRedis):
+    def decr(self, *args, **kwargs):
+        raise redis.ConnectionError("Connection refused")
+
+
+def test_a_delivery_stays_counted_when_redis_is_out_of_reach(monkeypatch):
+    store = DeadLetters(RedisThatCannotCount())
+    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: store)
+
+    dispatch_module.forget_delivery(running())
+
+
+def test_the_workers_registry_orders_listeners_and_uncounts_their_deferred_deliveries():
+    registry = dispatch_module.registry
+
+    assert registry.order_guard is dispatch_module.order_guard
+    assert registry.on_defer is dispatch_module.forget_delivery

@@ -1,6 +1,7 @@
 """tasks.search.SearchIndex: the built-in listener's full-text index, in a SQLite file."""
 
 import sqlite3
+from contextlib import closing
 
 import pytest
 
@@ -282,3 +283,172 @@ def test_readers_can_query_the_documented_schema_with_sql(index):
     connection.close()
 
     assert rows == [("a2",)]
+
+
+# Reindexing from a storage snapshot
+
+
+def stored(*records, bucket_id="b1", collection_id="c1"):
+    """Records as a storage lists them for reindex: (parent, record) pairs."""
+    return [({"bucket_id": bucket_id, "collection_id": collection_id}, r) for r in records]
+
+
+def rows(index):
+    with closing(sqlite3.connect(index.path)) as connection:
+        return connection.execute(
+            "SELECT resource_name, parent, record_id, last_modified, deleted FROM records "
+            "ORDER BY resource_name, parent, record_id"
+        ).fetchall()
+
+
+def test_reindex_makes_the_index_hold_the_given_records_and_no_other(index):
+    index.apply(created(PARIS, ROME))
+    lyon = {"id": "a3", "title": "Autumn in Lyon", "last_modified": 3}
+
+    count = index.reindex("article", [({}, PARIS), ({}, lyon)], as_of=10)
+
+    assert count == 2
+    assert titles(index.search("in")) == ["Autumn in Lyon", "Spring in Paris"]
+    assert index.search("rome") == []
+    assert len(index) == 2
+
+
+def test_a_record_missing_from_the_storage_becomes_a_tombstone_at_as_of(index):
+    index.apply(created(PARIS, ROME))
+
+    index.reindex("article", [({}, PARIS)], as_of=10)
+
+    assert rows(index) == [("article", "{}", "a1", 1, 0), ("article", "{}", "a2", 10, 1)]
+    index.apply(created(ROME))
+    assert index.search("rome") == [], "an older create arriving late does not bring it back"
+
+
+def test_reindex_keeps_the_changes_newer_than_its_snapshot(index):
+    updated = {**PARIS, "title": "Autumn in Paris", "last_modified": 50}
+    born_later = {"id": "a9", "title": "Winter in Oslo", "last_modified": 45}
+    index.apply(event("update", [{"new": updated, "old": PARIS}]))
+    index.apply(created(born_later))
+
+    index.reindex("article", [({}, PARIS)], as_of=40)
+
+    assert index.search("paris") == [updated]
+    assert index.search("oslo") == [born_later]
+
+
+def test_reindex_does_not_bring_back_a_record_deleted_after_its_snapshot(index):
+    index.apply(event("delete", [{"new": {"id": "a1", "deleted": True, "last_modified": 50}}]))
+
+    index.reindex("article", [({}, PARIS)], as_of=40)
+
+    assert index.search("paris") == []
+
+
+def test_reindex_is_idempotent(index):
+    snapshot = stored(PARIS, ROME)
+    index.reindex("record", snapshot, as_of=10)
+    first = rows(index)
+
+    assert index.reindex("record", snapshot, as_of=10) == 2
+    assert rows(index) == first
+
+
+def test_reindex_writes_in_chunks_and_reports_each_one(index):
+    records = [{"id": f"r{n}", "title": f"Note {n}", "last_modified": n} for n in range(5)]
+    progress = []
+
+    index.reindex("record", stored(*records), as_of=10, on_progress=progress.append, chunk=2)
+
+    assert progress == [2, 2, 1]
+    assert len(index) == 5
+
+
+def test_reindex_of_nothing_reports_no_progress_and_tombstones_everything(index):
+    index.apply(created(PARIS))
+    progress = []
+
+    assert index.reindex("article", [], as_of=10, on_progress=progress.append) == 0
+
+    assert progress == []
+    assert len(index) == 0
+
+
+def test_reindex_leaves_the_other_resources_alone(index):
+    comment = {"id": "c1", "title": "Nice trip to Paris", "last_modified": 1}
+    index.apply(created(comment, resource_name="comment"))
+
+    index.reindex("article", [({}, ROME)], as_of=10)
+
+    assert index.search("paris") == [comment]
+
+
+def test_reindex_keeps_records_of_different_parents_apart(index):
+    index.apply(created(PARIS, resource_name="record", bucket_id="b1", collection_id="c1"))
+
+    index.reindex("record", stored(PARIS, collection_id="c2"), as_of=10)
+
+    assert [row[1:] for row in rows(index)] == [
+        ('{"bucket_id": "b1", "collection_id": "c1"}', "a1", 10, 1),
+        ('{"bucket_id": "b1", "collection_id": "c2"}', "a1", 1, 0),
+    ]
+
+
+def test_reindex_does_not_bring_back_records_under_a_parent_deleted_after_its_snapshot(index):
+    in_c1 = {"resource_name": "record", "bucket_id": "b1", "collection_id": "c1"}
+    index.apply(created({**PARIS, "last_modified": 30}, **in_c1))
+    collection_delete = event(
+        "delete",
+        [{"new": {"id": "c1", "deleted": True, "last_modified": 50}}],
+        resource_name="collection",
+        bucket_id="b1",
+        collection_id="c1",
+    )
+    index.apply(collection_delete, frozenset({"collection"}))
+
+    index.reindex("record", stored({**PARIS, "last_modified": 30}), as_of=40)
+
+    assert index.search("paris") == []
+
+
+# Files written by earlier versions
+
+
+def test_an_index_written_with_parents_as_lists_of_pairs_is_converted_when_opened(tmp_path):
+    path = str(tmp_path / "search-index.sqlite3")
+    in_c1 = {"resource_name": "record", "bucket_id": "b1", "collection_id": "c1"}
+    SearchIndex(path).apply(created(PARIS, ROME, **in_c1))
+    with closing(sqlite3.connect(path)) as connection, connection:
+        # What the version before parent deletes wrote: json.dumps(parent_of(payload)).
+        connection.execute(
+            "UPDATE records SET parent = ?", ('[["bucket_id", "b1"], ["collection_id", "c1"]]',)
+        )
+        connection.execute("DROP TABLE drops")
+
+    index = SearchIndex(path)
+
+    assert {row[1] for row in rows(index)} == {'{"bucket_id": "b1", "collection_id": "c1"}'}
+    renamed = {**PARIS, "title": "Autumn in Lyon", "last_modified": 3}
+    index.apply(event("update", [{"new": renamed, "old": PARIS}], **in_c1))
+    assert index.search("lyon") == [renamed]
+    assert len(index) == 2, "the update replaced the converted row, not added one"
+    collection_delete = event(
+        "delete",
+        [{"new": {"id": "c1", "deleted": True, "last_modified": 5}}],
+        resource_name="collection",
+        bucket_id="b1",
+        collection_id="c1",
+    )
+    index.apply(collection_delete, frozenset({"collection"}))
+    assert len(index) == 0
+
+
+def test_an_old_index_of_records_without_a_parent_is_converted_too(tmp_path):
+    path = str(tmp_path / "search-index.sqlite3")
+    SearchIndex(path).apply(created(PARIS))
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("UPDATE records SET parent = '[]'")
+
+    index = SearchIndex(path)
+
+    assert [row[1] for row in rows(index)] == ["{}"]
+    index.apply(event("delete", [{"new": {"id": "a1", "deleted": True, "last_modified": 2}}]))
+    assert len(index) == 0
