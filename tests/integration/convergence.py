@@ -136,7 +136,7 @@ class Writer:
     def _new_article(self) -> tuple[str, str]:
         # Ids from a small set, so that deleted articles come back.
         blog_id = self.random.choice(["", *sorted(self.blogs)])
-        return blog_id, f"a{self.random.randrange(60)}"
+        return blog_id, f"a{self.random.randrange(150)}"
 
     def _create(self) -> dict[str, Any]:
         blog_id, article_id = self._new_article()
@@ -188,7 +188,7 @@ class Writer:
             self._send(self._update())
         elif roll < 0.67:
             self._send(self._delete())
-        elif roll < 0.88:
+        elif roll < 0.90:
             requests = self._recreation()
             for _ in range(self.random.randrange(0, 4)):
                 requests.append(self.random.choice([self._create, self._update, self._delete])())
@@ -199,7 +199,7 @@ class Writer:
             if status < 400:
                 for request in requests:
                     self._learn(request)
-        elif roll < 0.96 or not self.blogs:
+        elif roll < 0.99 or not self.blogs:
             blog_id = self.random.choice(BLOGS)
             self._send({"method": "PUT", "path": f"/blogs/{blog_id}", "body": {"title": blog_id}})
         else:
