@@ -9,9 +9,9 @@ import time
 import fakeredis
 import pytest
 import redis
+from kombu.exceptions import EncodeError
 from kombu.transport.redis import Channel
 from kombu.transport.virtual import Message as kombu_message
-from kombu.exceptions import EncodeError
 
 from notifier.message import DISPATCH_TASK, decode, encode
 from notifier.publisher import CeleryPublisher
