@@ -23,8 +23,9 @@ blog, none of its articles, as Kinto does for a collection and its records.
 
 Every write takes its ``last_modified`` from one clock in the database, which counts in
 milliseconds and ticks at least once per change, so that versions follow the commit order.
-``POST /batch`` runs its requests in one transaction, as Kinto's does: if one fails, the batch
-answers with that request's status, and nothing is stored or published.
+``POST /batch`` runs its requests in one transaction, all or nothing (stricter than Kinto's,
+which goes on after a failed request): if one fails, the batch answers with that request's
+status, and nothing is stored or published.
 
 Run it with ``python -m examples.articles --port 6543`` (settings from the environment, see
 ``settings_from_environ``), or from an ini file:

@@ -11,6 +11,7 @@ __all__ = [
     "ListenersNotSent",
     "MalformedMessage",
     "NotifierError",
+    "ObjectsBusy",
 ]
 
 
@@ -52,3 +53,8 @@ class ListenersNotSent(NotifierError):
     def __init__(self, listeners: list[str]) -> None:
         self.listeners = listeners
         super().__init__(f"the message could not be sent to {', '.join(listeners)}")
+
+
+class ObjectsBusy(NotifierError):
+    """Raised when other runs of an ordered listener hold an event's objects for longer than
+    the guard waits."""

@@ -44,7 +44,10 @@ def dead_letters() -> DeadLetters:
 @cache
 def order_guard() -> OrderGuard:
     """The per-object versions of this worker's ordered listeners."""
-    return OrderGuard.from_url(app.conf.notifier_order_url)
+    # A dead worker's claims lapse about when its messages are handed out again.
+    return OrderGuard.from_url(
+        app.conf.notifier_order_url, lease=app.conf.notifier_visibility_timeout
+    )
 
 
 def fan_out(

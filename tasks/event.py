@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from notifier.events import parent_of
 from notifier.message import Message
 
-__all__ = ["Event", "scopes_above"]
+__all__ = ["Event", "ParentDelete", "canonical", "change_id", "change_version", "scopes_above"]
+
+
+@dataclass(frozen=True, slots=True)
+class ParentDelete:
+    """The delete of a parent: what is under it (payload values) and when it happened."""
+
+    scope: dict[str, Any]
+    last_modified: int | None
+
+
+def change_id(change: dict[str, Any]) -> Any:
+    """The id of a changed object: the new record's (a tombstone's), else the old one's."""
+    return (change.get("new") or {}).get("id", (change.get("old") or {}).get("id"))
+
+
+def change_version(change: dict[str, Any], payload: dict[str, Any]) -> int | None:
+    """When a change happened: its new record's ``last_modified`` (a tombstone's), else the
+    payload's ``timestamp``; None when neither is an integer."""
+    version = (change.get("new") or {}).get("last_modified", payload.get("timestamp"))
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def canonical(items: Any) -> str:
+    """A parent or a scope (pairs of payload key and value) as one string: a JSON object with
+    sorted keys, the same whatever order the pairs came in."""
+    return json.dumps(dict(items), sort_keys=True)
 
 
 class Event(Message):
@@ -30,24 +57,25 @@ class Event(Message):
 
     @property
     def deleted_parents(self) -> list[dict[str, Any]]:
-        """For the delete of a parent (a bucket, a collection...), what to drop: per deleted
-        object, the payload values that every record under it carries, e.g.
-        ``{"bucket_id": "blog", "collection_id": "posts"}``. Empty for other events."""
-        return [scope for scope, _ in self.parent_deletes()]
+        """For a delete: per deleted object, the payload values that every record under it
+        carries, e.g. ``{"bucket_id": "blog", "collection_id": "posts"}`` for a collection's
+        delete. A listener with ``parents=`` reads it on its parents' deletes; see
+        :meth:`parent_deletes` for when each delete happened."""
+        return [delete.scope for delete in self.parent_deletes()]
 
-    def parent_deletes(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """:attr:`deleted_parents`, each with the change (``new``, ``old``) it comes from."""
+    def parent_deletes(self) -> list[ParentDelete]:
+        """:attr:`deleted_parents`, each with the version of its delete: drop what is under
+        ``scope`` and not newer than ``last_modified`` (a record re-created under a re-created
+        parent may have been applied already)."""
         if self.action != "delete":
             return []
         parent = dict(parent_of(self.payload))
         own_id = f"{self.resource_name}_id"
-        deletes = []
-        for change in self.impacted_records:
-            # The id as everywhere else: the new record's (a tombstone), else the old one's.
-            object_id = (change.get("new") or {}).get("id", (change.get("old") or {}).get("id"))
-            if object_id is not None:
-                deletes.append(({**parent, own_id: object_id}, change))
-        return deletes
+        return [
+            ParentDelete({**parent, own_id: object_id}, change_version(change, self.payload))
+            for change in self.impacted_records
+            if (object_id := change_id(change)) is not None
+        ]
 
     @classmethod
     def from_message(cls, message: Message) -> Event:

@@ -57,8 +57,8 @@ def runs_in_dispatch(listener: Listener) -> bool:
     consumed = queues.consume_from if queues.consume_from is not None else queues
     return (
         listener.queue in consumed
-        and not getattr(listener, "ordered", False)
-        and not getattr(listener, "parents", None)
+        and not listener.ordered
+        and not listener.parents
         and task.rate_limit is None
         # The dispatch task's time limits, the workers' defaults, bound the run.
         and task.time_limit == task.app.conf.task_time_limit

@@ -10,59 +10,63 @@ An object is one record: its resource, its parent (the payload's matchdict value
 Its version is its ``last_modified`` (a delete's tombstone, or the payload's ``timestamp`` when
 a record carries none), then its position in the request: the order of a Kinto ``/batch``
 [delete x, re-create x, delete x] survives the merge of its events. A listener with
-``parents=`` also receives parent deletes (a collection, a bucket); such a delete is an
-object's version too, for every object under it: a change older than the delete of its parent
-is never applied after it, and the delete waits for the changes under it that are running.
+``parents=`` also receives parent deletes (a collection, a bucket); such a delete is a version
+of everything under it: a change older than the delete of its parent is not applied after it.
+A delete waits for the changes under it that are running, and new ones wait behind it.
 
-Everything lives in Redis, one hash per object (and per deleted parent), changed only by two
-Lua scripts, so that the check and the claim are one atomic step across worker processes:
+Everything lives in Redis, one hash per object (and per deleted parent), changed only by Lua
+scripts, so that the check and the claim are one atomic step across worker processes:
 
     notifier:ordered:<listener>:object:<resource>:<parent>:<id>   v (version), lock, until
     notifier:ordered:<listener>:scope:<parent>                    v, lock, until, wait...
-    notifier:ordered:<listener>:scope:<parent>:readers            run id -> until
+    notifier:ordered:<listener>:scope:<parent>:readers            run -> until
 
-What it costs: two Redis round trips per run of an ordered listener (claim, then release),
-one key per object the listener has seen (about 150 bytes, kept ``retention`` seconds after
-the object last changed: a change older than that is no longer recognised as old), and waiting:
-two events on one object, or a parent delete and a change under that parent, run one after
-the other. A run that cannot claim its objects within ``wait`` seconds is sent back to its
-queue (without counting as an attempt) and tried again a little later.
-
-A claim belongs to the run of a task id: the retry of a failed run, or the redelivery of a
-message whose worker died mid-run, takes over its own claim at once; a claim nobody takes
-over expires after the listener's time limit.
+A claim is a lease, held by one run (a random token) for ``lease`` seconds and renewed by a
+thread of the process while the run goes on: a run whose worker died lets go of its objects
+when its lease lapses, and two deliveries of one message (a redelivery while the first still
+runs) are two runs that take turns. The scripts name keys they were not given, so they need one
+Redis server (not a Cluster), version 5 or newer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 
+from notifier.errors import ObjectsBusy
 from notifier.events import parent_of
-from tasks.event import Event, scopes_above
+from tasks.event import Event, canonical, change_id, change_version, scopes_above
 
-__all__ = ["Busy", "Claim", "OrderGuard", "version_of"]
+__all__ = ["Claim", "OrderGuard", "version_of"]
 
 logger = logging.getLogger("notifier")
 
 #: How long a version is remembered after the object's last change (30 days).
 RETENTION = 30 * 24 * 3600
 
-# Both scripts take ARGV: run id, claim ttl (ms), retention (s), then the claim as JSON:
-# {"objects": [{"key", "versions": [...], "ancestors": [scope keys]}],
-#  "drops": [{"key", "version"}]}. Versions are strings that sort like the versions they are.
-_CLAIM = """
-local token, ttl, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+# Every script takes ARGV: the run's token, the lease (ms), the retention (s), then the claim
+# as JSON: {"objects": [{"key", "versions": [...], "ancestors": [scope keys]}],
+# "drops": [{"key", "versions": [...]}]}, one entry per key. Versions are strings that sort
+# like the versions they are. Release reads "version" (the newest applied) instead.
+_PREAMBLE = """
+local token, lease, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local claim = cjson.decode(ARGV[4])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+_CLAIM = (
+    _PREAMBLE
+    + """
 local function held(key, field, until_field)
   local values = redis.call('HMGET', key, field, until_field)
   return values[1] and values[1] ~= token and tonumber(values[2]) > now
@@ -77,52 +81,53 @@ end
 for _, object in ipairs(claim.objects) do
   if held(object.key, 'lock', 'until') then return {0} end
   for _, scope in ipairs(object.ancestors) do
-    if held(scope, 'lock', 'until') then return {0} end
-    -- A run already under this parent (a redelivery) may finish: the delete waits for it.
-    local reading = redis.call('HEXISTS', scope .. ':readers', token) == 1
-    if not reading and held(scope, 'wait', 'wait_until') then return {0} end
+    if held(scope, 'lock', 'until') or held(scope, 'wait', 'wait_until') then return {0} end
   end
 end
 for _, drop in ipairs(claim.drops) do
   if held(drop.key, 'lock', 'until') then return {0} end
   if read(drop.key) then
     -- Changes under this parent are running: new ones wait behind this delete.
-    redis.call('HSET', drop.key, 'wait', token, 'wait_until', now + math.min(ttl, 10000))
+    redis.call('HSET', drop.key, 'wait', token, 'wait_until', now + math.max(lease, 10000))
     redis.call('EXPIRE', drop.key, retention)
     return {0}
   end
 end
-local expires = now + ttl
+local expires = now + lease
 local fresh = {1}
+local function flag(versions, floor)
+  for _, version in ipairs(versions) do
+    table.insert(fresh, version > floor and 1 or 0)
+  end
+end
 for _, object in ipairs(claim.objects) do
   redis.call('HSET', object.key, 'lock', token, 'until', expires)
   redis.call('EXPIRE', object.key, retention)
   local floor = redis.call('HGET', object.key, 'v') or ''
   for _, scope in ipairs(object.ancestors) do
     redis.call('HSET', scope .. ':readers', token, expires)
-    redis.call('PEXPIRE', scope .. ':readers', ttl)
+    redis.call('PEXPIRE', scope .. ':readers', lease)
     local dropped = redis.call('HGET', scope, 'v')
     if dropped and dropped > floor then floor = dropped end
   end
-  for _, version in ipairs(object.versions) do
-    table.insert(fresh, version > floor and 1 or 0)
-  end
+  flag(object.versions, floor)
 end
 for _, drop in ipairs(claim.drops) do
   redis.call('HSET', drop.key, 'lock', token, 'until', expires)
+  -- Whichever run of a delete of this parent set it, the wait is over (another one still
+  -- waiting sets it again).
   redis.call('HDEL', drop.key, 'wait', 'wait_until')
   redis.call('EXPIRE', drop.key, retention)
-  local dropped = redis.call('HGET', drop.key, 'v') or ''
-  table.insert(fresh, drop.version > dropped and 1 or 0)
+  flag(drop.versions, redis.call('HGET', drop.key, 'v') or '')
 end
 return fresh
 """
+)
 
-# The same claim, its objects' and drops' "version" now the newest one the listener applied
-# (or absent: nothing applied). Releases what this run holds.
-_RELEASE = """
-local token, retention = ARGV[1], tonumber(ARGV[3])
-local claim = cjson.decode(ARGV[4])
+# Records the newest version the run applied, where it still holds the key, and lets go.
+_RELEASE = (
+    _PREAMBLE
+    + """
 local function release(key, version)
   if redis.call('HGET', key, 'lock') ~= token then return end
   if version then
@@ -139,10 +144,29 @@ end
 for _, drop in ipairs(claim.drops) do release(drop.key, drop.version) end
 return 1
 """
+)
 
-
-class Busy(Exception):
-    """Raised when another run holds an object of the event longer than the guard waits."""
+# Extends the lease of what the run still holds.
+_RENEW = (
+    _PREAMBLE
+    + """
+local expires = now + lease
+local function renew(key)
+  if redis.call('HGET', key, 'lock') == token then redis.call('HSET', key, 'until', expires) end
+end
+for _, object in ipairs(claim.objects) do
+  renew(object.key)
+  for _, scope in ipairs(object.ancestors) do
+    if redis.call('HEXISTS', scope .. ':readers', token) == 1 then
+      redis.call('HSET', scope .. ':readers', token, expires)
+      redis.call('PEXPIRE', scope .. ':readers', lease)
+    end
+  end
+end
+for _, drop in ipairs(claim.drops) do renew(drop.key) end
+return 1
+"""
+)
 
 
 def version_of(last_modified: Any, position: int) -> str:
@@ -153,10 +177,6 @@ def version_of(last_modified: Any, position: int) -> str:
     except (TypeError, ValueError):
         milliseconds = 0
     return f"{milliseconds:016d}.{position:08d}"
-
-
-def _canonical(items: Iterable[tuple[str, Any]]) -> str:
-    return json.dumps(dict(items), sort_keys=True, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,18 +194,14 @@ class Claim:
     event: Event
     token: str
     spec: dict[str, Any]
-    changes: list[_Change]
-    drops: list[_Change]
+    changes: list[_Change]  # objects' changes then drops, in the order of the flags
     fresh: list[bool]
 
     @property
     def new_event(self) -> Event | None:
         """The event with only its new changes; None when every change is old."""
-        kept = sorted(
-            change.index
-            for change, new in zip([*self.changes, *self.drops], self.fresh, strict=True)
-            if new
-        )
+        flags = zip(self.changes, self.fresh, strict=True)
+        kept = sorted(change.index for change, new in flags if new)
         if len(kept) == len(self.event.impacted_records):
             return self.event
         if not kept:
@@ -196,23 +212,49 @@ class Claim:
             positions=[self.event.positions[i] for i in kept],
         )
 
+    def applied(self) -> dict[str, str]:
+        """The newest new version of each claimed key."""
+        newest: dict[str, str] = {}
+        for change, new in zip(self.changes, self.fresh, strict=True):
+            if new and change.version > newest.get(change.key, ""):
+                newest[change.key] = change.version
+        return newest
+
+
+def _grouped(changes: list[_Change]) -> dict[str, list[_Change]]:
+    # One entry per key, in the order keys first appear: the scripts flag versions key by key.
+    by_key: dict[str, list[_Change]] = {}
+    for change in changes:
+        by_key.setdefault(change.key, []).append(change)
+    return by_key
+
 
 class OrderGuard:
-    """The per-object versions of ordered listeners, in one Redis database."""
+    """The per-object versions of ordered listeners, in one Redis database.
+
+    ``lease``: seconds a claim lasts unless renewed (a dead run's objects are free after it);
+    ``wait``: seconds a claim waits for a busy object before :class:`ObjectsBusy`.
+    """
 
     def __init__(
         self,
         client: redis.Redis,
         retention: int = RETENTION,
         wait: float = 2.0,
+        lease: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
         self.retention = retention
         self.wait = wait
+        self.lease = lease
         self._sleep = sleep
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+        self._running: dict[str, Claim] = {}
+        self._renewer: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> OrderGuard:
@@ -226,51 +268,53 @@ class OrderGuard:
         *,
         parents: Iterable[str] = (),
         token: str | None = None,
-        ttl: float = 360.0,
+        ttl: float | None = None,
     ) -> Claim:
-        """Claim the objects ``event`` changes for a run of ``listener``, waiting up to
-        ``wait`` seconds for other runs that hold some of them (:class:`Busy` after that).
+        """Claim the objects ``event`` changes for one run of ``listener``, waiting up to
+        ``wait`` seconds for other runs that hold some of them (then :class:`ObjectsBusy`).
 
-        ``token`` names the run: a task id, the same for its retries and redeliveries.
+        ``token`` names the run (default: a new one); ``ttl`` the lease (default: ``lease``).
         """
         prefix = f"notifier:ordered:{listener}:"
         parent = parent_of(event.payload)
-        changes: list[_Change] = []
+        objects: list[_Change] = []
         drops: list[_Change] = []
         is_drop = event.action == "delete" and event.resource_name in set(parents)
         records = zip(event.impacted_records, event.positions, strict=True)
         for index, (record, position) in enumerate(records):
-            new, old = record.get("new") or {}, record.get("old") or {}
-            object_id = new.get("id", old.get("id"))
+            object_id = change_id(record)
             if object_id is None:
                 continue
-            last_modified = new.get("last_modified", event.payload.get("timestamp"))
-            version = version_of(last_modified, position)
+            version = version_of(change_version(record, event.payload), position)
             if is_drop:
                 scope = (*parent, (f"{event.resource_name}_id", object_id))
-                drops.append(_Change(index, f"{prefix}scope:{_canonical(sorted(scope))}", version))
+                drops.append(_Change(index, f"{prefix}scope:{canonical(scope)}", version))
             else:
-                key = f"{prefix}object:{event.resource_name}:{_canonical(parent)}:{object_id}"
-                changes.append(_Change(index, key, version))
-        ancestors = [f"{prefix}scope:{_canonical(scope)}" for scope in scopes_above(parent)]
-        objects: dict[str, list[str]] = {}
-        for change in changes:
-            objects.setdefault(change.key, []).append(change.version)
+                key = f"{prefix}object:{event.resource_name}:{canonical(parent)}:{object_id}"
+                objects.append(_Change(index, key, version))
+        ancestors = [f"{prefix}scope:{canonical(scope)}" for scope in scopes_above(parent)]
+        by_object, by_drop = _grouped(objects), _grouped(drops)
         spec = {
             "objects": [
-                {"key": key, "versions": versions, "ancestors": ancestors}
-                for key, versions in objects.items()
+                {"key": key, "versions": [c.version for c in group], "ancestors": ancestors}
+                for key, group in by_object.items()
             ],
-            "drops": [{"key": drop.key, "version": drop.version} for drop in drops],
+            "drops": [
+                {"key": key, "versions": [c.version for c in group]}
+                for key, group in by_drop.items()
+            ],
         }
-        # The flags come back per object key, in the order of the spec.
-        ordered_changes = [c for key in objects for c in changes if c.key == key]
+        changes = [c for group in (*by_object.values(), *by_drop.values()) for c in group]
         token = token or uuid.uuid4().hex
-        fresh = self._run_claim(token, spec, ttl)
-        return Claim(event, token, spec, ordered_changes, drops, fresh)
+        lease = self.lease if ttl is None else ttl
+        fresh = self._run_claim(token, spec, lease)
+        return Claim(event, token, spec, changes, fresh)
 
-    def _run_claim(self, token: str, spec: dict[str, Any], ttl: float) -> list[bool]:
-        arguments: list[str | int] = [token, int(ttl * 1000), self.retention, json.dumps(spec)]
+    def _arguments(self, token: str, spec: dict[str, Any], lease: float) -> list[str | int]:
+        return [token, max(int(lease * 1000), 1), self.retention, json.dumps(spec)]
+
+    def _run_claim(self, token: str, spec: dict[str, Any], lease: float) -> list[bool]:
+        arguments = self._arguments(token, spec, lease)
         deadline = time.monotonic() + self.wait
         pause = 0.005
         while True:
@@ -278,25 +322,48 @@ class OrderGuard:
             if reply[0] == 1:
                 return [bool(flag) for flag in reply[1:]]
             if time.monotonic() >= deadline:
-                raise Busy(f"objects held by another run for more than {self.wait} s")
+                raise ObjectsBusy(f"objects held by another run for more than {self.wait} s")
             self._sleep(pause)
             pause = min(pause * 2, 0.2)
 
     def release(self, claim: Claim, *, applied: bool) -> None:
         """Let other runs have the claimed objects; with ``applied``, remember the versions
         the listener applied, so that older ones are not applied after them."""
-        spec: dict[str, Any] = {"objects": [], "drops": []}
-        count = len(claim.changes)
-        newest: dict[str, str] = {}
-        if applied:
-            for change, new in zip(claim.changes, claim.fresh[:count], strict=True):
-                if new and change.version > newest.get(change.key, ""):
-                    newest[change.key] = change.version
-        # A version left out (not null, which Lua would take for true) records nothing.
-        for entry in claim.spec["objects"]:
-            version = newest.get(entry["key"])
-            spec["objects"].append({**entry, **({"version": version} if version else {})})
-        for drop, new in zip(claim.drops, claim.fresh[count:], strict=True):
-            kept = {"version": drop.version} if applied and new else {}
-            spec["drops"].append({"key": drop.key, **kept})
-        self._release(args=[claim.token, 0, self.retention, json.dumps(spec)])
+        newest = claim.applied() if applied else {}
+        spec: dict[str, list[dict[str, Any]]] = {"objects": [], "drops": []}
+        for kind, entries in spec.items():
+            for entry in claim.spec[kind]:
+                released = {key: value for key, value in entry.items() if key != "versions"}
+                # A version left out (not null, which Lua takes for true) records nothing.
+                if entry["key"] in newest:
+                    released["version"] = newest[entry["key"]]
+                entries.append(released)
+        self._release(args=self._arguments(claim.token, spec, self.lease))
+
+    @contextmanager
+    def holding(self, claim: Claim) -> Iterator[None]:
+        """Keep ``claim``'s lease alive while the body runs (a thread renews it)."""
+        with self._lock:
+            self._running[claim.token] = claim
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(
+                    target=self._renew_leases, name="notifier-order-leases", daemon=True
+                )
+                self._renewer.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running.pop(claim.token, None)
+
+    def _renew_leases(self) -> None:
+        # One thread per process renews every running claim, a third of a lease apart.
+        while True:
+            time.sleep(self.lease / 3)
+            with self._lock:
+                claims = list(self._running.values())
+            for claim in claims:
+                try:
+                    self._renew(args=self._arguments(claim.token, claim.spec, self.lease))
+                except (redis.RedisError, OSError):
+                    logger.warning("could not renew the lease of an ordered run", exc_info=True)

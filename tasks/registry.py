@@ -17,11 +17,11 @@ from typing import Any, TypeVar, cast, overload
 
 from celery import Celery, Task, current_task
 
-from notifier.errors import ListenerError
+from notifier.errors import ListenerError, ObjectsBusy
 from notifier.events import ACTIONS
 from notifier.message import Message, decode
 from tasks.event import Event
-from tasks.ordering import Busy, OrderGuard
+from tasks.ordering import OrderGuard
 
 __all__ = ["DEFAULT_ACTIONS", "LISTENER_QUEUE", "RETRIES", "Listener", "Registry"]
 
@@ -127,8 +127,9 @@ class Registry:
         # Asked before each run of a listener task (the running task, its message): False
         # skips the run, the guard having dealt with the message.
         self.may_run = may_run
-        # The per-object versions of ordered listeners; told of each run sent back to its
-        # queue because its objects were busy (a delivery that is not an attempt).
+        # Gives the per-object versions of ordered listeners (tasks.ordering).
+        # Told of each run sent back to its queue because its objects were busy: a delivery
+        # that is not an attempt.
         self.order_guard = order_guard
         self.on_defer = on_defer
         self._listeners: dict[str, Listener] = {}
@@ -189,7 +190,7 @@ class Registry:
         newer one (see :mod:`tasks.ordering`): it receives each event with only the changes
         newer than those it applied. ``parents`` names resources whose deletes the listener
         receives too, as "drop everything under it" (e.g. ``parents=("bucket", "collection")``
-        for Kinto records): :attr:`~tasks.event.Event.deleted_parents` says what to drop.
+        for Kinto records): :meth:`~tasks.event.Event.parent_deletes` says what to drop.
 
         On a plain function, ``task_options`` are Celery task options (``max_retries``,
         ``rate_limit``...).
@@ -290,20 +291,15 @@ class Registry:
             return None
         event = _as_event(message)
         listener = self._listeners.get(name)
-        if listener is None or not listener.ordered or self.order_guard is None:
+        if listener is None or not listener.ordered:
             return call(event)
+        if self.order_guard is None:
+            raise ListenerError(f"{name} is ordered, and its registry has no order guard")
         request = getattr(task, "request", None)
-        time_limit = getattr(task, "time_limit", None) or self.app.conf.task_time_limit or 300
         guard = self.order_guard()
         try:
-            claim = guard.claim(
-                name,
-                event,
-                parents=listener.parents,
-                token=getattr(request, "id", None),
-                ttl=time_limit + 60,
-            )
-        except Busy:
+            claim = guard.claim(name, event, parents=listener.parents)
+        except ObjectsBusy:
             if request is None or not getattr(request, "id", None):
                 raise  # a direct call: the caller decides
             self._defer(task, listener)
@@ -311,10 +307,11 @@ class Registry:
         new_event = claim.new_event
         if new_event is None:
             guard.release(claim, applied=False)
-            logger.info("%s: event %s skipped, %s", name, event.event_id, "older than applied")
+            logger.info("%s: event %s skipped: no change newer than applied", name, event.event_id)
             return None
         try:
-            result = call(new_event)
+            with guard.holding(claim):
+                result = call(new_event)
         except BaseException:
             guard.release(claim, applied=False)
             raise

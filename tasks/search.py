@@ -30,21 +30,12 @@ from functools import cache
 from typing import Any
 
 from notifier.events import parent_of
-from tasks.event import Event, scopes_above
+from notifier.settings import split_names
+from tasks.event import Event, canonical, change_id, change_version, scopes_above
 
 __all__ = ["SearchIndex", "update_search_index"]
 
 _KEY = re.compile(r"^\w+$")
-
-
-def _canonical(items: Any) -> str:
-    """A parent or a scope as the index stores it: a JSON object with sorted keys."""
-    return json.dumps(dict(items), sort_keys=True)
-
-
-def _version(change: dict[str, Any], payload: dict[str, Any]) -> int | None:
-    version = (change.get("new") or {}).get("last_modified", payload.get("timestamp"))
-    return version if isinstance(version, int) else None
 
 
 # One transaction, so that a reader never sees half a schema.
@@ -138,7 +129,7 @@ class SearchIndex:
             listed = connection.execute("SELECT id, parent FROM records WHERE parent LIKE '[%'")
             connection.executemany(
                 "UPDATE records SET parent = ? WHERE id = ?",
-                [(_canonical(json.loads(parent)), row) for row, parent in listed.fetchall()],
+                [(canonical(json.loads(parent)), row) for row, parent in listed.fetchall()],
             )
 
     @contextmanager
@@ -162,26 +153,25 @@ class SearchIndex:
         """
         if event.action == "delete" and event.resource_name in parents:
             with self._connect() as connection:
-                for scope, change in event.parent_deletes():
-                    self._drop(connection, scope, _version(change, event.payload))
+                for delete in event.parent_deletes():
+                    self._drop(connection, delete.scope, delete.last_modified)
             return
         parent_items = parent_of(event.payload)
-        parent = _canonical(parent_items)
+        parent = canonical(parent_items)
         rows, made_at = [], []  # made_at: each row's version (else the payload's timestamp)
         for change in event.impacted_records:
-            new, old = change.get("new") or {}, change.get("old") or {}
-            deleted = event.action == "delete" or bool(new.get("deleted"))
-            record_id = new.get("id", old.get("id"))
+            new = change.get("new") or {}
+            record_id = change_id(change)
             if record_id is None:
                 continue
-            if deleted:
-                version = new.get("last_modified", event.payload.get("timestamp"))
+            version = change_version(change, event.payload)
+            if event.action == "delete" or new.get("deleted"):
                 tombstone = {"id": record_id, "last_modified": version, "deleted": True}
                 row = (version, True, json.dumps(tombstone), "")
             else:
                 row = (new.get("last_modified"), False, json.dumps(new), _text(new))
             rows.append((event.resource_name, parent, str(record_id), *row))
-            made_at.append(_version(change, event.payload))
+            made_at.append(version)
         with self._connect() as connection:
             dropped = self._dropped_at(connection, parent_items)
             if dropped is not None:
@@ -195,7 +185,7 @@ class SearchIndex:
 
     @staticmethod
     def _dropped_at(connection: sqlite3.Connection, parent: Any) -> int | None:
-        scopes = [_canonical(scope) for scope in scopes_above(parent)]
+        scopes = [canonical(scope) for scope in scopes_above(parent)]
         if not scopes:
             return None
         marks = ", ".join("?" * len(scopes))
@@ -213,7 +203,7 @@ class SearchIndex:
             f"DELETE FROM records WHERE {where} AND (last_modified IS NULL OR last_modified <= ?)",
             [*(str(value) for value in scope.values()), version],
         )
-        connection.execute(_DROP, (_canonical(sorted(scope.items())), version))
+        connection.execute(_DROP, (canonical(sorted(scope.items())), version))
 
     def reindex(
         self,
@@ -253,7 +243,7 @@ class SearchIndex:
 
         for parent_values, record in records:
             parent_items = tuple(sorted(parent_values.items()))
-            parent, record_id = _canonical(parent_items), str(record["id"])
+            parent, record_id = canonical(parent_items), str(record["id"])
             seen.add((parent, record_id))
             version = record.get("last_modified")
             row = (resource_name, parent, record_id, version, False, json.dumps(record))
@@ -308,11 +298,14 @@ def _index(path: str) -> SearchIndex:
     return SearchIndex(path)
 
 
+@cache
+def _parents(setting: str) -> frozenset[str]:
+    return frozenset(split_names(setting))
+
+
 def update_search_index(event: Event) -> None:
     """The built-in listener: apply ``event`` to the index at ``NOTIFIER_SEARCH_INDEX``; the
     deletes of ``NOTIFIER_SEARCH_PARENTS`` drop what is under them."""
-    from notifier.settings import split_names
     from tasks.app import app
 
-    parents = frozenset(split_names(app.conf.notifier_search_parents))
-    _index(app.conf.notifier_search_index).apply(event, parents)
+    _index(app.conf.notifier_search_index).apply(event, _parents(app.conf.notifier_search_parents))

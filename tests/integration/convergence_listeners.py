@@ -32,9 +32,15 @@ _random = random.Random(f"{os.environ.get('CONVERGENCE_SEED', '0')}:{os.getpid()
 @listener("article", parents=("blog",), ordered=True, max_retries=10)
 def mirror_articles(event: Event) -> None:
     if event.resource_name == "blog":
-        for scope in event.deleted_parents:
-            prefix = f"{scope['blog_id']}/"
-            doomed = [key for key in _redis.hkeys(MIRROR) if key.decode().startswith(prefix)]
+        # What the blog held when it was deleted: not what a re-created blog holds since.
+        for delete in event.parent_deletes():
+            prefix = f"{delete.scope['blog_id']}/".encode()
+            doomed = [
+                key
+                for key, article in _redis.hgetall(MIRROR).items()
+                if key.startswith(prefix)
+                and json.loads(article)["last_modified"] <= (delete.last_modified or 0)
+            ]
             if doomed:
                 _redis.hdel(MIRROR, *doomed)
         return

@@ -21,7 +21,7 @@ def _redis_server_binary() -> None:
 
 
 def test_the_index_and_an_ordered_listener_end_equal_to_the_database(tmp_path):
-    report = run(tmp_path, seed=20261124, operations=300, workers=2, kills=1, settle=90)
+    report = run(tmp_path, seed=20261124, operations=600, workers=2, kills=1, settle=90)
 
     print("\n".join(report.lines()))
     assert report.workers_killed == 1

@@ -13,9 +13,11 @@ import pytest
 from celery import Celery, signals
 
 import tasks.registry
+from notifier.errors import ListenerError
+from notifier.errors import ObjectsBusy as Busy
 from notifier.message import decode, encode
 from tasks.event import Event
-from tasks.ordering import Busy, OrderGuard
+from tasks.ordering import OrderGuard
 from tasks.registry import Registry
 
 
@@ -164,7 +166,7 @@ def test_an_ordered_listener_is_not_called_when_every_change_is_old(registry, re
         assert run(registry, data) is None
 
     assert len(received) == 1
-    assert f"ordered: event {data['event_id']} skipped, older than applied" in caplog.text
+    assert f"ordered: event {data['event_id']} skipped: no change newer than applied" in caplog.text
 
 
 def test_what_an_ordered_listener_returns_is_its_tasks_result(registry):
@@ -218,16 +220,17 @@ def test_a_listener_that_is_not_ordered_never_asks_the_guard(registry, guard):
     assert guard.client.keys() == []
 
 
-def test_an_ordered_listener_of_a_registry_without_a_guard_runs_unordered(app):
+def test_an_ordered_listener_of_a_registry_without_a_guard_fails_instead_of_running_unordered(
+    app,
+):
     calls = []
     unguarded = Registry(app)
     unguarded.listener("record", name="unguarded", ordered=True)(calls.append)
-    data = message(record("r1", 10))
 
-    unguarded["unguarded"].task.run(data)
-    unguarded["unguarded"].task.run(data)
+    with pytest.raises(ListenerError, match="unguarded is ordered, and its registry has no"):
+        unguarded["unguarded"].task.run(message(record("r1", 10)))
 
-    assert len(calls) == 2
+    assert calls == []
 
 
 def test_an_ordered_listener_stacked_on_a_task_is_ordered_too(registry, app):
@@ -245,29 +248,15 @@ def test_an_ordered_listener_stacked_on_a_task_is_ordered_too(registry, app):
     assert calls == [["r1"]]
 
 
-def test_a_run_in_a_worker_claims_with_its_task_id_for_its_time_limit_and_a_minute(
-    registry, received, guard, in_worker
-):
+def test_each_run_in_a_worker_claims_as_a_run_of_its_own(registry, received, guard, in_worker):
+    # Two deliveries of one task (a redelivery while the first still runs) take turns.
     data = message(record("r1", 10))
-    in_worker("task-1", data, time_limit=30)
+    in_worker("task-1", data)
 
     run(registry, data)
 
     (claim,) = guard.claims
-    assert claim == (
-        "ordered",
-        {"parents": frozenset({"bucket", "collection"}), "token": "task-1", "ttl": 90},
-    )
-
-
-def test_a_run_without_a_time_limit_claims_for_celerys_or_five_minutes_and_a_minute(
-    registry, received, guard, app
-):
-    run(registry, message(record("r1", 10)))
-    app.conf.task_time_limit = 100
-    run(registry, message(record("r2", 10)))
-
-    assert [options["ttl"] for _, options in guard.claims] == [360, 160]
+    assert claim == ("ordered", {"parents": frozenset({"bucket", "collection"})})
 
 
 def test_a_busy_run_in_a_worker_is_sent_back_to_the_listeners_queue_as_the_same_task(

@@ -10,9 +10,10 @@ import time
 import fakeredis
 import pytest
 
+from notifier.errors import ObjectsBusy as Busy
 from notifier.message import encode
 from tasks.event import Event
-from tasks.ordering import Busy, OrderGuard, version_of
+from tasks.ordering import OrderGuard, version_of
 
 LISTENER = "search.index"
 PARENTS = ("bucket", "collection")
@@ -351,17 +352,42 @@ def test_a_claim_gives_up_after_wait_seconds_pausing_longer_each_time(client, pa
     assert pauses.pauses == [min(0.005 * 2**i, 0.2) for i in range(len(pauses.pauses))]
 
 
-def test_a_redelivered_run_takes_over_the_claim_its_dead_worker_left(guard):
+def test_a_redelivery_waits_for_the_lease_of_the_run_its_dead_worker_left(guard):
     event = updated(record("r1", 10))
-    guard.claim(LISTENER, event, token="task-1")  # its worker died: never released
+    guard.claim(LISTENER, event, ttl=0.05)  # its worker died: never released nor renewed
 
-    redelivered = guard.claim(LISTENER, event, token="task-1")
+    with pytest.raises(Busy):
+        guard.claim(LISTENER, event)  # the redelivery, a run of its own
+    time.sleep(0.1)
+    redelivered = guard.claim(LISTENER, event)
 
     assert redelivered.new_event is event
+
+
+def test_two_deliveries_of_one_message_run_one_after_the_other(guard):
+    # A message handed out again while its first delivery still runs: the copy waits, and
+    # then finds the version applied, even after a newer change went in between.
+    event = updated(record("r1", 10))
+    first = guard.claim(LISTENER, event)
     with pytest.raises(Busy):
-        guard.claim(LISTENER, updated(record("r1", 11)), token="task-2")
-    guard.release(redelivered, applied=True)
-    assert deliver(guard, event, token="task-3") is None
+        guard.claim(LISTENER, event)
+    guard.release(first, applied=True)
+    assert deliver(guard, updated(record("r1", 20))) is not None
+
+    assert deliver(guard, event) is None
+
+
+def test_a_long_run_keeps_its_objects_while_its_lease_is_renewed(client):
+    guard = OrderGuard(client, wait=0, lease=0.15)
+    claim = guard.claim(LISTENER, updated(record("r1", 10)))
+
+    with guard.holding(claim):
+        time.sleep(0.4)  # more than two leases
+        with pytest.raises(Busy):
+            guard.claim(LISTENER, updated(record("r1", 11)))
+    guard.release(claim, applied=True)
+
+    assert deliver(guard, updated(record("r1", 11))) is not None
 
 
 def test_a_claim_nobody_takes_over_expires_after_its_ttl(guard):
@@ -481,17 +507,36 @@ def test_new_changes_under_a_parent_wait_behind_its_waiting_delete(guard):
     assert deliver(guard, created(record("r2", 45)), token="task-2") is None
 
 
-def test_a_change_already_running_under_a_parent_may_be_redelivered_while_the_delete_waits(
-    guard,
-):
+def test_a_parent_delete_goes_first_once_the_lease_of_a_dead_change_under_it_lapsed(guard):
     event = updated(record("r1", 40))
-    guard.claim(LISTENER, event, token="task-1")  # its worker died mid-run
+    guard.claim(LISTENER, event, ttl=0.05)  # its worker died mid-run
     with pytest.raises(Busy):
-        guard.claim(LISTENER, collection_deleted("c1", 50), parents=PARENTS, token="drop")
+        guard.claim(LISTENER, collection_deleted("c1", 50), parents=PARENTS)
+    with pytest.raises(Busy):
+        guard.claim(LISTENER, event)  # its redelivery waits behind the delete
+    time.sleep(0.1)
 
-    redelivered = guard.claim(LISTENER, event, token="task-1")
+    assert deliver(guard, collection_deleted("c1", 50)) is not None
+    assert deliver(guard, event) is None
 
-    assert redelivered.new_event is event
+
+def test_a_parent_deleted_twice_in_one_request_remembers_the_later_delete(guard):
+    # [delete blog, re-create it, write x in it, delete it again]: one merged delete event.
+    twice = kinto_event(
+        "collection",
+        "delete",
+        [
+            {"new": tombstone("c1", 100), "old": {"id": "c1"}},
+            {"new": tombstone("c1", 200), "old": {"id": "c1"}},
+        ],
+        positions=[0, 3],
+        timestamp=100,
+        bucket_id="b1",
+        collection_id="c1",
+    )
+    assert deliver(guard, twice) is twice
+
+    assert deliver(guard, created(record("x", 150))) is None
 
 
 def test_a_running_parent_delete_holds_back_changes_under_it(guard):
