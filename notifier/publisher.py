@@ -19,7 +19,7 @@ from redis.retry import Retry
 
 from notifier.message import DISPATCH_TASK, Message
 
-__all__ = ["CeleryPublisher", "task_message"]
+__all__ = ["CeleryPublisher", "redis_url", "task_message"]
 
 #: What a Celery 5 client puts in every task message besides the task's name and id (task
 #: protocol 2): no eta, no expiry, no group, no time limits, no parent.
@@ -86,10 +86,12 @@ def _argsrepr(args: list[object]) -> str:
             f"[<message {message['event_id']}: {message.get('action')} "
             f"{message.get('resource_name')}, part {message.get('part', 0)}>]"
         )
+    if isinstance(message, list) and message and isinstance(message[0], dict):
+        return f"[<{len(message)} messages, from {message[0].get('event_id')}>]"
     return f"[<{len(args)} arguments>]"
 
 
-def _redis_url(broker_url: str) -> str:
+def redis_url(broker_url: str) -> str:
     """The redis-py URL of a kombu Redis broker URL (``redis+socket://`` is ``unix://``)."""
     parts = urlsplit(broker_url)
     if parts.scheme == "redis+socket":
@@ -114,7 +116,7 @@ class CeleryPublisher:
         self.broker_url = broker_url
         self.client: redis.Redis | None = None
         if urlsplit(broker_url).scheme in ("redis", "rediss", "redis+socket"):
-            pool = redis.ConnectionPool.from_url(_redis_url(broker_url))
+            pool = redis.ConnectionPool.from_url(redis_url(broker_url))
             # After from_url, which lets timeouts in the URL's query win: these are the bounds.
             pool.connection_kwargs.update(
                 socket_connect_timeout=timeout,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Collection
 from functools import cache
 from typing import Any
@@ -20,13 +21,16 @@ from kombu.exceptions import KombuError
 
 from notifier.errors import ListenersNotSent, MalformedMessage
 from notifier.message import DISPATCH_TASK, decode
+from notifier.routing import DEFAULT_QUEUE
 from tasks.app import app, registry
+from tasks.batches import Batches, Delivery
 from tasks.dead_letters import DeadLetters
 from tasks.inline import run_alone
 from tasks.ordering import OrderGuard
-from tasks.registry import Registry
+from tasks.registry import Listener, Registry
+from tasks.taking import Taken, Taker, taker_of
 
-__all__ = ["DISPATCH_RETRIES", "dead_letters", "dispatch", "fan_out"]
+__all__ = ["DISPATCH_RETRIES", "DispatchRun", "dead_letters", "dispatch", "fan_out", "taker"]
 
 logger = logging.getLogger("notifier")
 
@@ -56,9 +60,12 @@ def fan_out(
     dead_letters: DeadLetters,
     only: Collection[str] | None = None,
     queue: str | None = None,
+    taker: Taker | None = None,
 ) -> list[str]:
     """Send the message ``data`` to every listener of ``registry`` that wants it (of those
-    named in ``only``, when given), and return their names.
+    named in ``only``, when given), and return their names. With a ``taker``, the broker's,
+    the tasks it may write go in one round trip (:meth:`Taker.send`); the others through
+    Celery.
 
     A malformed message is dead-lettered with the reason (and ``queue``, where it came from).
     When the broker does not take the message for some listeners, the others still get it, and
@@ -70,9 +77,32 @@ def fan_out(
         letter = dead_letters.add(exc.reason, data, queue=queue)
         logger.error("malformed message kept as dead letter %s: %s", letter.id, exc.reason)
         return []
-    sent, not_sent = [], []
-    for listener in registry.matching(message):
-        if only is not None and listener.name not in only:
+    sent: list[str] = []
+    not_sent: list[str] = []
+    wanted = [
+        listener for listener in registry.matching(message) if only is None or listener.name in only
+    ]
+    written = [
+        listener for listener in wanted if taker is not None and taker.writes_for(listener.task)
+    ]
+    if written and taker is not None:
+        try:
+            taker.send(
+                (
+                    listener.task.name,
+                    f"{message.task_id}:{listener.name}",
+                    message.as_dict(),
+                    listener.queue,
+                )
+                for listener in written
+            )
+        except (redis.RedisError, OSError):
+            logger.exception("event %s not sent to listeners %s", message.event_id, written)
+            not_sent.extend(listener.name for listener in written)
+        else:
+            sent.extend(listener.name for listener in written)
+    for listener in wanted:
+        if listener in written:
             continue
         try:
             listener.task.apply_async(
@@ -98,22 +128,243 @@ def fan_out(
     return sent
 
 
+#: How many messages one dispatch task takes after its own, at most (more when a batch listener
+#: asks for larger batches), and for how long: a tenth of the visibility timeout, after which
+#: the messages taken and not handled yet go back to their queue.
+TAKE_AT_MOST = 100
+TAKE_FOR = 0.1  # of the visibility timeout
+#: How many bytes of messages one round of taking holds at most (and the first one whatever its
+#: size), so that a worker's memory stays bounded with the parts of a large event.
+TAKE_BYTES = 1 << 20
+
+# What the broker raises when it does not take a task.
+_SEND_ERRORS = (KombuError, redis.RedisError, OSError)
+
+
+def taker() -> Taker | None:
+    """The taker of this worker's broker (None: dispatch takes no more than its own message)."""
+    return taker_of(app)
+
+
 # A pool process lost while running a listener's first attempt (tasks/inline.py) has dispatch
 # retried at once, as the listener's own task would be, not after Celery's default 3 minutes.
 @app.task(name=DISPATCH_TASK, bind=True, max_retries=DISPATCH_RETRIES, default_retry_delay=0)
 def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) -> list[str]:
-    """Run every listener that wants ``message``; try again for those it could not reach."""
+    """Run every listener that wants ``message``; then take the next dispatch messages of its
+    queue and do the same for each (tasks/taking.py); try again for the listeners it could not
+    reach."""
+    delivery_info = getattr(self.request, "delivery_info", None) or {}
+    own = Delivery(
+        message,
+        only,
+        retries=self.request.retries or 0,
+        redelivered=bool(delivery_info.get("redelivered")),
+        task_id=self.request.id,
+    )
+    queue = _queue_of(self)
+    run = DispatchRun(registry, dead_letters(), queue, taker() if queue is not None else None)
     try:
-        # A message that one listener alone wants: its first attempt runs here.
-        delivery_info = getattr(self.request, "delivery_info", None) or {}
-        again = bool(self.request.retries or delivery_info.get("redelivered"))
-        ran = run_alone(message, registry, dead_letters(), only, again=again)
-        if ran is not None:
-            return ran
-        return fan_out(message, registry, dead_letters(), only, queue=_queue_of(self))
-    except ListenersNotSent as exc:
+        sent = run.handle(own)
+        if not own.not_sent:
+            run.take_more()
+        run.finish()
+    finally:
+        run.give_up()
+    if own.not_sent:
         countdown = min(2**self.request.retries, 60)
-        raise self.retry(kwargs={"only": exc.listeners}, countdown=countdown, exc=exc) from None
+        exc = ListenersNotSent(own.not_sent)
+        raise self.retry(kwargs={"only": own.not_sent}, countdown=countdown, exc=exc) from None
+    return sent
+
+
+class DispatchRun:
+    """One run of the dispatch task: its own message, and those it takes after it.
+
+    Each message is handled as the dispatch task handles one: its first attempt run here when
+    one listener alone wants it (tasks/inline.py), else one task per listener; the events of
+    batch listeners are collected into one task per listener (tasks/batches.py). A taken
+    message is acknowledged once every listener it has was sent (or run) and its batches were
+    sent; one that some listener could not be sent is sent again to dispatch, for those
+    listeners only, as the dispatch task retries.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        dead_letters: DeadLetters,
+        queue: str | None,
+        taker: Taker | None = None,
+    ) -> None:
+        self.registry = registry
+        self.dead_letters = dead_letters
+        self.queue = queue
+        self.batches = Batches(self._send_batch, _SEND_ERRORS)
+        self.taker = taker
+        self.taken: list[Delivery] = []  # taken, not acknowledged yet
+        self.started = time.monotonic()
+
+    def handle(self, delivery: Delivery) -> list[str]:
+        """Send (or run) ``delivery``'s message to every listener that wants it; return their
+        names. The listeners the broker did not take are added to ``delivery.not_sent``."""
+        data, only = delivery.message, delivery.only
+        try:
+            message = decode(data)
+        except MalformedMessage:
+            return fan_out(data, self.registry, self.dead_letters, only, queue=self.queue)
+        wanted = [
+            listener
+            for listener in self.registry.matching(message)
+            if only is None or listener.name in only
+        ]
+        in_batches = [listener.name for listener in wanted if listener.batch is not None]
+        for listener in wanted:
+            if listener.batch is not None:
+                self.batches.add(listener, delivery, data, message.task_id)
+        alone = [listener.name for listener in wanted if listener.batch is None]
+        if not alone:
+            return in_batches
+        try:
+            again = bool(delivery.retries or delivery.redelivered)
+            ran = run_alone(data, self.registry, self.dead_letters, only, again=again)
+            if ran is None:
+                ran = fan_out(data, self.registry, self.dead_letters, alone, self.queue, self.taker)
+        except ListenersNotSent as exc:
+            delivery.not_sent.extend(exc.listeners)
+            ran = [name for name in alone if name not in exc.listeners]
+        return ran + in_batches
+
+    def take_more(self) -> None:
+        """Take the next dispatch messages of the queue and handle each, within the bounds."""
+        taker = self.taker
+        if taker is None or self.queue is None:
+            return
+        largest_batch = max((listener.batch or 0 for listener in self.registry), default=0)
+        limit = max(TAKE_AT_MOST, largest_batch) - 1  # its own message is one
+        deadline = self.started + taker.visibility_timeout * TAKE_FOR
+        count = 0
+        while count < limit and time.monotonic() < deadline:
+            try:
+                taken = taker.take(self.queue, limit - count, TAKE_BYTES)
+            except (redis.RedisError, OSError):
+                logger.warning("could not take more messages from %s", self.queue, exc_info=True)
+                return
+            if not taken:
+                return
+            count += len(taken)
+            for index, item in enumerate(taken):
+                if time.monotonic() >= deadline:
+                    self._give_back(taken[index:])
+                    return
+                delivery = Delivery(
+                    item.message,
+                    item.only,
+                    retries=item.retries,
+                    redelivered=item.redelivered,
+                    task_id=item.task_id,
+                    tag=item.tag,
+                )
+                self.taken.append(delivery)
+                if item.problem is None:
+                    self.handle(delivery)
+                else:
+                    self._keep_unreadable(item)
+            self._settle()
+
+    def finish(self) -> None:
+        """Send the batches not full yet, and acknowledge what is handled."""
+        self.batches.send_all()
+        self._settle()
+
+    def give_up(self) -> None:
+        """Stop holding the taken messages left (an error cut the run short): the broker's
+        sweep hands them out again after the visibility timeout."""
+        if self.taker is not None and self.taken:
+            self.taker.release(delivery.tag for delivery in self.taken if delivery.tag)
+            logger.warning(
+                "%d messages taken from %s left to be handed out again", len(self.taken), self.queue
+            )
+            self.taken = []
+
+    def _settle(self) -> None:
+        # Acknowledge each taken message fully handled; send again those with listeners missed.
+        assert self.taker is not None or not self.taken
+        done, left = [], []
+        for delivery in self.taken:
+            if delivery.pending:
+                left.append(delivery)
+            elif not delivery.not_sent or self._send_again(delivery):
+                done.append(delivery)
+            elif self.taker is not None and delivery.tag:
+                # Neither sent nor sent again: left in the broker's hands, handed out again
+                # after the visibility timeout, whole.
+                self.taker.release([delivery.tag])
+        self.taken = left
+        if done and self.taker is not None:
+            try:
+                self.taker.ack(delivery.tag for delivery in done if delivery.tag)
+            except (redis.RedisError, OSError):
+                # Handled, yet handed out again after the visibility timeout: at least once.
+                logger.warning("could not acknowledge %d messages taken", len(done), exc_info=True)
+                self.taker.release(delivery.tag for delivery in done if delivery.tag)
+
+    def _send_again(self, delivery: Delivery) -> bool:
+        # What the dispatch task's retry does for a message it took: ``only`` the listeners
+        # missed, with its backoff; after the last retry, they go to the dead letters.
+        listeners = delivery.not_sent
+        if delivery.retries >= DISPATCH_RETRIES:
+            for name in listeners:
+                self.dead_letters.add(
+                    f"ListenersNotSent: {ListenersNotSent(listeners)}",
+                    delivery.message,
+                    listener=name,
+                    attempts=delivery.retries + 1,
+                    queue=self.queue,
+                )
+            logger.error("event %s not sent to %s for good", delivery.task_id, listeners)
+            return True
+        try:
+            dispatch.apply_async(
+                args=(delivery.message,),
+                kwargs={"only": listeners},
+                task_id=delivery.task_id,
+                queue=self.queue or DEFAULT_QUEUE,
+                countdown=min(2**delivery.retries, 60),
+                retries=delivery.retries + 1,  # type: ignore[call-arg]  # a message option
+            )
+        except _SEND_ERRORS:
+            logger.exception("event %s: dispatch could not be sent again", delivery.task_id)
+            return False
+        return True
+
+    def _give_back(self, items: list[Taken]) -> None:
+        assert self.taker is not None
+        try:
+            self.taker.give_back(self.queue or "", items)
+        except (redis.RedisError, OSError):
+            # Still unacknowledged: handed out again after the visibility timeout.
+            self.taker.release(item.tag for item in items)
+            logger.warning("could not give back %d messages taken", len(items), exc_info=True)
+
+    def _keep_unreadable(self, item: Taken) -> None:
+        envelope = json.loads(item.raw)
+        reason = f"queue {self.queue!r}: an invalid dispatch task message: {item.problem}"
+        letter = self.dead_letters.add(
+            reason,
+            {
+                "headers": envelope.get("headers"),
+                "content_type": envelope.get("content-type"),
+                "content_encoding": envelope.get("content-encoding"),
+                "body": envelope.get("body"),
+            },
+            queue=self.queue,
+        )
+        logger.error("%s; kept as dead letter %s", reason, letter.id)
+
+    def _send_batch(self, listener: Listener, messages: Any, task_id: str) -> None:
+        if self.taker is not None and self.taker.writes_for(listener.task):
+            self.taker.send([(listener.task.name, task_id, messages, listener.queue)])
+        else:
+            listener.task.apply_async(args=(messages,), task_id=task_id, queue=listener.queue)
 
 
 def _queue_of(task: Any) -> str | None:

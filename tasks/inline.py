@@ -57,6 +57,7 @@ def runs_in_dispatch(listener: Listener) -> bool:
     consumed = queues.consume_from if queues.consume_from is not None else queues
     return (
         listener.queue in consumed
+        and listener.batch is None
         and not listener.ordered
         and not listener.parents
         and task.rate_limit is None
@@ -76,7 +77,8 @@ def run_alone(
     again: bool = False,
 ) -> list[str] | None:
     """Run the one listener that wants the message ``data``, if it alone does and may run here;
-    return its name. ``None``: dispatch sends the listener tasks as usual.
+    return its name. ``None``: dispatch sends the listener tasks as usual. Batch listeners are
+    left out: they never run here, and their own tasks keep them apart from this one.
 
     ``again``: this dispatch is a retry or a redelivery, so the first attempt ran here already
     and its worker died: the listener's own task takes over, for its second attempt.
@@ -85,8 +87,11 @@ def run_alone(
         message = decode(data)
     except MalformedMessage:
         return None  # fan_out keeps it as a dead letter
+    # Batch listeners have tasks of their own whatever else wants the message (tasks/batches.py).
     matching = [
-        listener for listener in registry.matching(message) if only is None or listener.name in only
+        listener
+        for listener in registry.matching(message)
+        if (only is None or listener.name in only) and listener.batch is None
     ]
     if len(matching) != 1 or not runs_in_dispatch(matching[0]):
         return None

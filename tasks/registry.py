@@ -20,6 +20,7 @@ from celery import Celery, Task, current_task
 from notifier.errors import ListenerError, ObjectsBusy
 from notifier.events import ACTIONS
 from notifier.message import Message, decode
+from tasks.batches import check_batch, make_batch_task
 from tasks.event import Event
 from tasks.ordering import OrderGuard
 
@@ -81,6 +82,7 @@ class Listener:
     where: Mapping[str, frozenset[str]] = field(default_factory=dict)  # payload key: values
     ordered: bool = False
     parents: frozenset[str] = frozenset()  # resources whose deletes drop what is under them
+    batch: int | None = None  # a batch listener: the most events one run receives
 
     def wants(self, message: Message) -> bool:
         if self.is_parent_delete(message):
@@ -162,6 +164,7 @@ class Registry:
         where: Mapping[str, str | Iterable[str]] | None = None,
         ordered: bool = False,
         parents: Iterable[str] = (),
+        batch: int | None = None,
         **task_options: Any,
     ) -> Callable[[F], F]: ...
 
@@ -176,6 +179,7 @@ class Registry:
         where: Mapping[str, str | Iterable[str]] | None = None,
         ordered: bool = False,
         parents: Iterable[str] = (),
+        batch: int | None = None,
         **task_options: Any,
     ) -> Any:
         """Register a listener of the events on ``resource_names`` (``"*"``: all) and
@@ -191,6 +195,8 @@ class Registry:
         newer than those it applied. ``parents`` names resources whose deletes the listener
         receives too, as "drop everything under it" (e.g. ``parents=("bucket", "collection")``
         for Kinto records): :meth:`~tasks.event.Event.parent_deletes` says what to drop.
+        ``batch=100`` makes a batch listener: it receives a list of at most 100 events per run
+        (see :mod:`tasks.batches`).
 
         On a plain function, ``task_options`` are Celery task options (``max_retries``,
         ``rate_limit``...).
@@ -205,6 +211,7 @@ class Registry:
         parent_names = self._check_parents(parents, resources)
         if not isinstance(ordered, bool):
             raise ListenerError(f"bad ordered={ordered!r}: use True or False")
+        batch_size = check_batch(batch, ordered=ordered, parents=parent_names)
         unknown = sorted(set(task_options) - TASK_OPTIONS)
         if unknown:
             raise ListenerError(
@@ -222,7 +229,9 @@ class Registry:
                     f"a listener named {listener_name!r} is already registered: give this one "
                     f"another name with @listener(..., name='...')"
                 )
-            if isinstance(function, Task):
+            if batch_size is not None:
+                task = make_batch_task(self, function, listener_name, {**RETRIES, **task_options})
+            elif isinstance(function, Task):
                 task = self._adopt_task(function, listener_name, task_options)
             else:
                 task = self._make_task(function, listener_name, task_options)
@@ -238,6 +247,7 @@ class Registry:
                 payload_filter,
                 ordered,
                 parent_names,
+                batch_size,
             )
             self.on_new_queue(listener_queue)
             return function

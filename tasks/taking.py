@@ -1,0 +1,305 @@
+"""Taking more dispatch messages: one dispatch task handles the messages queued behind its own.
+
+Every Celery task costs a worker the same whatever it does (about 1.3 ms: Redis round trips,
+Celery's request, the pool; see the README's "Performance"). So the dispatch task, once it
+handled its own message, takes the next ``notifier.dispatch`` messages of its queue and handles
+them too: one task for several events.
+
+Taking is kombu's Redis transport's own delivery, done by one Lua script (:data:`TAKE`) per
+round: for each message it pops the oldest item of the queue's list (kombu LPUSHes and BRPOPs),
+and registers it as unacknowledged exactly as kombu's ``QoS.append`` does for a message it
+delivers: ``[message, exchange, routing_key]`` in the ``unacked`` hash under the message's
+delivery tag, and the tag in the ``unacked_index`` sorted set, scored by the time it was taken.
+A worker that dies holding taken messages loses none: kombu's sweep hands them out again once
+they are older than the visibility timeout, as it does with the messages it delivered itself.
+While this process lives, a thread refreshes their time (as tasks/visibility.py does for the
+messages Celery holds), and each is acknowledged (removed from both) once it was fully handled.
+
+The script takes only what Celery would hand to the dispatch task at once: a kombu envelope of
+a ``notifier.dispatch`` task message, JSON, without ``eta``/``countdown`` or an expiry. The
+first other item it meets goes back where it was (RPUSH: it stays next), and the round stops,
+so that a worker's BRPOP takes it as usual. Only the list of priority 0 (kombu's plain queue
+key, which BRPOP reads first) is read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from celery import Celery
+
+from notifier.message import DISPATCH_TASK
+from notifier.publisher import redis_url, task_message
+
+__all__ = ["TAKE", "Taken", "Taker", "Unreadable", "taker_of"]
+
+logger = logging.getLogger("notifier")
+
+#: KEYS: the queue's list, the unacked hash, the unacked index. ARGV: how many messages at
+#: most, how many bytes at most (the first one whatever its size), the time to score them with,
+#: the dispatch task's name. Returns the items taken, oldest first.
+TAKE = """
+local taken, size = {}, 0
+local function absent(value) return value == nil or value == cjson.null end
+for _ = 1, tonumber(ARGV[1]) do
+  local item = redis.call('RPOP', KEYS[1])
+  if not item then break end
+  local ok, message = pcall(cjson.decode, item)
+  local fits = ok and type(message) == 'table' and type(message['headers']) == 'table'
+    and type(message['properties']) == 'table'
+  local headers, properties, info
+  if fits then
+    headers, properties = message['headers'], message['properties']
+    info = properties['delivery_info']
+    fits = headers['task'] == ARGV[4] and absent(headers['eta'])
+      and absent(headers['expires']) and absent(headers['compression'])
+      and message['content-type'] == 'application/json'
+      and (absent(properties['body_encoding']) or properties['body_encoding'] == 'base64')
+      and type(message['body']) == 'string'
+      and type(properties['delivery_tag']) == 'string'
+      and type(info) == 'table' and type(info['routing_key']) == 'string'
+      and (absent(info['exchange']) or type(info['exchange']) == 'string')
+  end
+  if not fits or (#taken > 0 and size + #item > tonumber(ARGV[2])) then
+    redis.call('RPUSH', KEYS[1], item)
+    break
+  end
+  size = size + #item
+  local exchange = info['exchange']
+  if absent(exchange) then exchange = '' end
+  redis.call('ZADD', KEYS[3], ARGV[3], properties['delivery_tag'])
+  redis.call('HSET', KEYS[2], properties['delivery_tag'],
+    '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(info['routing_key']) .. ']')
+  taken[#taken + 1] = item
+end
+return taken
+"""
+
+# What Celery's task protocol 2 puts in a body besides args and kwargs: work after the task.
+_EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
+
+
+class Unreadable(Exception):
+    """Raised when a taken item is not a dispatch task message this worker can run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A dispatch task message taken from a queue: what the dispatch task would run with."""
+
+    tag: str  # kombu's delivery tag: its key in the unacked hash and index
+    task_id: str
+    message: Any  # the dispatch task's first argument
+    only: list[str] | None = None  # the listeners a retry is for
+    retries: int = 0
+    redelivered: bool = False
+    raw: str = field(default="", repr=False)  # the queue item as it was
+    problem: str | None = None  # why the dispatch task could not run with it
+
+    @classmethod
+    def parse(cls, raw: str) -> Taken:
+        """Read a queue item the take script accepted (its envelope is sound); one whose body
+        the dispatch task could not run with has the reason as its ``problem``."""
+        envelope = json.loads(raw)
+        headers, properties = envelope["headers"], envelope["properties"]
+        tag = properties["delivery_tag"]
+        task_id = str(headers.get("id") or tag)
+        try:
+            return cls._parse(envelope, raw, tag, task_id)
+        except Unreadable as exc:
+            return cls(tag, task_id, None, raw=raw, problem=str(exc))
+
+    @classmethod
+    def _parse(cls, envelope: dict[str, Any], raw: str, tag: str, task_id: str) -> Taken:
+        headers, properties = envelope["headers"], envelope["properties"]
+        try:
+            body = envelope["body"]
+            if properties.get("body_encoding") == "base64":
+                body = base64.b64decode(body, validate=True)
+            if isinstance(body, bytes):
+                body = body.decode(envelope.get("content-encoding") or "utf-8")
+            decoded = json.loads(body)
+        except (ValueError, TypeError) as exc:
+            raise Unreadable(
+                f"a body that cannot be decoded: {type(exc).__name__}: {exc}"
+            ) from None
+        if not (isinstance(decoded, list) and len(decoded) in (2, 3)):
+            raise Unreadable("a body that is not [args, kwargs, embed]")
+        args, kwargs = decoded[0], decoded[1]
+        embed = decoded[2] if len(decoded) == 3 else {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise Unreadable("a body whose args are not a list or kwargs not an object")
+        if len(args) != 1 or set(kwargs) - {"message", "only"}:
+            raise Unreadable(
+                f"dispatch takes a message and only=, not args {args!r} and kwargs {kwargs!r}"
+            )
+        only = kwargs.get("only")
+        if only is not None and not (
+            isinstance(only, list) and all(isinstance(name, str) for name in only)
+        ):
+            raise Unreadable(f"only={only!r} is not a list of listener names")
+        if isinstance(embed, Mapping) and any(embed.get(key) for key in _EMBED_KEYS):
+            raise Unreadable("a task message with callbacks, a chain or a chord")
+        retries = headers.get("retries") or 0
+        info = properties.get("delivery_info") or {}
+        return cls(
+            tag=tag,
+            task_id=task_id,
+            message=args[0],
+            only=only,
+            retries=retries if isinstance(retries, int) else 0,
+            redelivered=bool(headers.get("redelivered") or info.get("redelivered")),
+            raw=raw,
+        )
+
+
+class Taker:
+    """Takes dispatch messages from the broker's queues, and acknowledges them."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        visibility_timeout: float,
+        key_prefix: str = "",
+        unacked_key: str = "unacked",
+        unacked_index_key: str = "unacked_index",
+    ) -> None:
+        self.client = client
+        self.visibility_timeout = visibility_timeout
+        self.key_prefix = key_prefix
+        self.unacked_key = key_prefix + unacked_key
+        self.unacked_index_key = key_prefix + unacked_index_key
+        self._take = client.register_script(TAKE)
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._refresher: threading.Thread | None = None
+        self._refresher_pid = 0
+
+    def take(self, queue: str, count: int, max_bytes: int) -> list[Taken]:
+        """Take up to ``count`` dispatch messages (about ``max_bytes`` at most) from ``queue``,
+        oldest first, registered as unacknowledged and held (refreshed) until :meth:`ack`."""
+        if count <= 0:
+            return []
+        items = self._take(
+            keys=[self.key_prefix + queue, self.unacked_key, self.unacked_index_key],
+            args=[count, max_bytes, time.time(), DISPATCH_TASK],
+        )
+        taken = [Taken.parse(item.decode() if isinstance(item, bytes) else item) for item in items]
+        if taken:
+            self.hold(message.tag for message in taken)
+        return taken
+
+    def ack(self, tags: Iterable[str]) -> None:
+        """Forget messages fully handled: kombu's ack (both indices), and stop holding them."""
+        tags = list(tags)
+        if not tags:
+            return
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.unacked_index_key, *tags)
+            pipe.hdel(self.unacked_key, *tags)
+            pipe.execute()
+        self.release(tags)
+
+    def writes_for(self, task: Any) -> bool:
+        """Whether :meth:`send` may send ``task``'s messages: the ones of priority 0 (those
+        of kombu's plain queue list)."""
+        return not (task.priority or task.app.conf.task_default_priority)
+
+    def send(self, tasks: Iterable[tuple[str, str, Any, str]]) -> None:
+        """Send Celery tasks, each ``(task name, task id, its one argument, queue)``, in one
+        round trip: the task message Celery would send (:func:`notifier.publisher.task_message`,
+        what the web side writes too) LPUSHed into each queue's list, as kombu's Redis transport
+        does, without kombu's cost per message (a base64 body, ``argsrepr``, one round trip per
+        task). Celery's ``before_task_publish``/``after_task_publish`` signals are not sent."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for name, task_id, argument, queue in tasks:
+                pipe.lpush(self.key_prefix + queue, task_message(name, task_id, [argument], queue))
+            pipe.execute()
+
+    def give_back(self, queue: str, taken: list[Taken]) -> None:
+        """Put messages taken and not handled back at the head of ``queue``, oldest next, as
+        they were (one transaction), and stop holding them."""
+        if not taken:
+            return
+        tags = [message.tag for message in taken]
+        with self.client.pipeline(transaction=True) as pipe:
+            # RPUSH: where BRPOP takes the next message; the oldest last, so that it is next.
+            pipe.rpush(self.key_prefix + queue, *[message.raw for message in reversed(taken)])
+            pipe.zrem(self.unacked_index_key, *tags)
+            pipe.hdel(self.unacked_key, *tags)
+            pipe.execute()
+        self.release(tags)
+
+    def hold(self, tags: Iterable[str]) -> None:
+        """Keep refreshing the time of these unacknowledged messages while this process lives."""
+        with self._lock:
+            self._held.update(tags)
+            if self._refresher is None or self._refresher_pid != os.getpid():
+                # A forked pool process starts its own thread (the parent's did not follow it).
+                self._refresher_pid = os.getpid()
+                self._refresher = threading.Thread(
+                    target=self._refresh_forever, name="notifier-taken-visibility", daemon=True
+                )
+                self._refresher.start()
+
+    def release(self, tags: Iterable[str]) -> None:
+        """Stop refreshing these messages (acknowledged, or left for the sweep to restore)."""
+        with self._lock:
+            self._held.difference_update(tags)
+
+    @property
+    def held(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._held)
+
+    def refresh(self) -> None:
+        """Score every held message with the time now (only those still unacknowledged)."""
+        tags = self.held
+        if tags:
+            self.client.zadd(self.unacked_index_key, dict.fromkeys(tags, time.time()), xx=True)
+
+    def _refresh_forever(self) -> None:
+        while True:
+            time.sleep(self.visibility_timeout / 3)
+            try:
+                self.refresh()
+            except (redis.RedisError, OSError):
+                logger.warning("could not refresh the dispatch messages this process took")
+
+
+def _transport_options(app: Celery) -> Mapping[str, Any]:
+    return app.conf.broker_transport_options or {}
+
+
+@cache
+def taker_of(app: Celery) -> Taker | None:
+    """The taker of ``app``'s broker, in this process; None when its broker is not one Redis
+    (Sentinel, failover URLs, another transport) or kombu does not emulate acks there."""
+    url = app.conf.broker_read_url or app.conf.broker_url
+    if not isinstance(url, str) or ";" in url:
+        return None
+    if urlsplit(url).scheme not in ("redis", "rediss", "redis+socket"):
+        return None
+    options = _transport_options(app)
+    if not options.get("ack_emulation", True):
+        return None
+    client = redis.Redis.from_url(redis_url(url), socket_timeout=10, socket_connect_timeout=5)
+    return Taker(
+        client,
+        visibility_timeout=float(options.get("visibility_timeout", 3600)),
+        key_prefix=options.get("global_keyprefix", "") or "",
+        unacked_key=options.get("unacked_key", "unacked"),
+        unacked_index_key=options.get("unacked_index_key", "unacked_index"),
+    )

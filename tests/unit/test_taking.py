@@ -1,0 +1,350 @@
+"""tasks.taking: one dispatch task takes the dispatch messages queued behind its own, as kombu's
+Redis transport would deliver them (fakeredis runs the Lua script)."""
+
+import base64
+import json
+import time
+import uuid
+from types import SimpleNamespace
+
+import fakeredis
+import pytest
+from celery import Celery
+
+from notifier.message import DISPATCH_TASK, encode
+from notifier.publisher import task_message
+from tasks.dead_letters import DeadLetters
+from tasks.dispatch import DISPATCH_RETRIES, DispatchRun
+from tasks.taking import Taken, Taker
+
+QUEUE = "notifier"
+
+
+@pytest.fixture
+def client():
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def taker(client):
+    taker = Taker(client, visibility_timeout=30)
+    taker.hold = lambda tags: None  # no refreshing thread in unit tests
+    return taker
+
+
+def message(resource_name="article", number=0):
+    payload = {"resource_name": resource_name, "action": "create", "uri": f"/{resource_name}s"}
+    return json.loads(
+        json.dumps(encode(payload, [{"new": {"id": f"a{number}"}}], [0], "req-1").as_dict())
+    )
+
+
+def queue_dispatch(client, data):
+    """LPUSH a dispatch task message as the web side writes it; return its task id."""
+    task_id = data.get("event_id") or uuid.uuid4().hex
+    client.lpush(QUEUE, task_message(DISPATCH_TASK, task_id, [data], QUEUE))
+    return task_id
+
+
+def celery_envelope(task="notifier.dispatch", args=None, kwargs=None, **headers):
+    """A task message as Celery's send_task leaves it in Redis: a base64 body."""
+    body = json.dumps([args or [message()], kwargs or {}, {"callbacks": None}]).encode()
+    task_id = uuid.uuid4().hex
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"task": task, "id": task_id, "eta": None, "retries": 0, **headers},
+            "properties": {
+                "body_encoding": "base64",
+                "delivery_tag": uuid.uuid4().hex,
+                "delivery_info": {"exchange": "notifier", "routing_key": QUEUE},
+                "priority": 0,
+            },
+        }
+    )
+
+
+def test_taking_takes_the_oldest_messages_first(client, taker):
+    first = queue_dispatch(client, message(number=1))
+    second = queue_dispatch(client, message(number=2))
+    third = queue_dispatch(client, message(number=3))
+
+    taken = taker.take(QUEUE, 2, 1 << 20)
+
+    assert [item.task_id for item in taken] == [first, second]
+    assert [item.message["impacted_records"][0]["new"]["id"] for item in taken] == ["a1", "a2"]
+    assert client.llen(QUEUE) == 1
+    assert Taken.parse(client.rpop(QUEUE).decode()).task_id == third
+
+
+def test_a_taken_message_is_unacknowledged_as_kombu_keeps_a_message_it_delivered(client, taker):
+    queue_dispatch(client, message())
+    before = time.time()
+
+    [taken] = taker.take(QUEUE, 10, 1 << 20)
+
+    # kombu's QoS.append: [the message, its exchange, its routing key] under its delivery tag,
+    # and the tag in the index scored with the time: what its restore sweep reads.
+    envelope, exchange, routing_key = json.loads(client.hget("unacked", taken.tag))
+    assert envelope == json.loads(taken.raw)
+    assert (exchange, routing_key) == ("", QUEUE)
+    assert client.zscore("unacked_index", taken.tag) >= before
+
+
+def test_a_message_for_another_task_is_pushed_back_where_it_was_and_stops_the_taking(client, taker):
+    queue_dispatch(client, message(number=1))
+    client.lpush(QUEUE, celery_envelope(task="some.other_task"))
+    queue_dispatch(client, message(number=3))
+
+    taken = taker.take(QUEUE, 10, 1 << 20)
+
+    assert len(taken) == 1
+    assert client.llen(QUEUE) == 2
+    assert json.loads(client.lindex(QUEUE, -1))["headers"]["task"] == "some.other_task"
+    assert client.hlen("unacked") == 1
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        celery_envelope(eta="2030-01-01T00:00:00+00:00"),
+        celery_envelope(expires="2030-01-01T00:00:00+00:00"),
+        "not json",
+        json.dumps({"body": "x", "headers": {"task": DISPATCH_TASK}}),
+    ],
+    ids=["eta", "expires", "not-json", "no-properties"],
+)
+def test_a_message_dispatch_cannot_run_now_stays_next_in_its_queue(client, taker, item):
+    client.lpush(QUEUE, item)
+
+    assert taker.take(QUEUE, 10, 1 << 20) == []
+    assert client.lrange(QUEUE, 0, -1) == [item.encode()]
+    assert client.hlen("unacked") == 0
+
+
+def test_celery_send_task_messages_are_read_from_their_base64_body(client, taker):
+    client.lpush(QUEUE, celery_envelope(kwargs={"only": ["search.index"]}, retries=2))
+
+    [taken] = taker.take(QUEUE, 10, 1 << 20)
+
+    assert taken.problem is None
+    assert taken.message["resource_name"] == "article"
+    assert (taken.only, taken.retries) == (["search.index"], 2)
+    assert json.loads(client.hget("unacked", taken.tag))[1:] == ["notifier", QUEUE]
+
+
+def test_a_body_dispatch_cannot_run_with_is_taken_with_the_reason(client, taker):
+    client.lpush(QUEUE, celery_envelope(args=[message(), "extra"]))
+
+    [taken] = taker.take(QUEUE, 10, 1 << 20)
+
+    assert "dispatch takes a message and only=" in taken.problem
+
+
+def test_taking_stops_before_the_bytes_bound_but_takes_one_message_whatever_its_size(client, taker):
+    for number in range(3):
+        queue_dispatch(client, message(number=number))
+
+    assert len(taker.take(QUEUE, 10, 10)) == 1
+    assert client.llen(QUEUE) == 2
+
+
+def test_an_acknowledged_message_is_forgotten(client, taker):
+    queue_dispatch(client, message())
+    [taken] = taker.take(QUEUE, 10, 1 << 20)
+
+    taker.ack([taken.tag])
+
+    assert client.hlen("unacked") == 0
+    assert client.zcard("unacked_index") == 0
+
+
+def test_messages_given_back_are_next_in_their_queue_in_their_order(client, taker):
+    ids = [queue_dispatch(client, message(number=number)) for number in range(3)]
+    taken = taker.take(QUEUE, 2, 1 << 20)
+
+    taker.give_back(QUEUE, taken)
+
+    assert [item.task_id for item in taker.take(QUEUE, 3, 1 << 20)] == ids
+    assert client.hlen("unacked") == 3
+
+
+def test_a_refresh_keeps_only_what_is_still_unacknowledged_visible(client):
+    taker = Taker(client, visibility_timeout=30)
+    queue_dispatch(client, message(number=1))
+    queue_dispatch(client, message(number=2))
+    kept, acked = taker.take(QUEUE, 2, 1 << 20)
+    client.zadd("unacked_index", {kept.tag: 1.0})
+    client.zrem("unacked_index", acked.tag)
+
+    taker.refresh()
+
+    assert client.zscore("unacked_index", kept.tag) > 1.0
+    assert client.zscore("unacked_index", acked.tag) is None
+
+
+def test_other_key_names_of_the_transport_options_are_honoured(client):
+    taker = Taker(
+        client,
+        visibility_timeout=30,
+        key_prefix="app:",
+        unacked_key="held",
+        unacked_index_key="held_index",
+    )
+    client.lpush(f"app:{QUEUE}", task_message(DISPATCH_TASK, "t1", [message()], QUEUE))
+
+    [taken] = taker.take(QUEUE, 10, 1 << 20)
+
+    assert client.hexists("app:held", taken.tag)
+    assert client.zscore("app:held_index", taken.tag) is not None
+
+
+# What dispatch does with what it takes ------------------------------------------------------
+
+
+@pytest.fixture
+def registry():
+    from tasks.registry import Registry
+
+    return Registry(Celery("taking-tests", broker="memory://", set_as_current=False))
+
+
+@pytest.fixture
+def dead_letters():
+    return DeadLetters(fakeredis.FakeRedis())
+
+
+def listener_tasks(client, registry, name):
+    queue = registry[name].queue
+    return [json.loads(item) for item in reversed(client.lrange(queue, 0, -1))]
+
+
+def ignore(event):
+    return event
+
+
+def test_dispatch_sends_the_listeners_of_every_message_it_takes_and_acknowledges_them(
+    client, taker, registry, dead_letters
+):
+    registry.listener("article", name="search.index")(ignore)
+    registry.listener("article", name="mail.new_article")(ignore)
+    ids = [queue_dispatch(client, message(number=number)) for number in range(3)]
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+
+    run.take_more()
+    run.finish()
+
+    for name in ("search.index", "mail.new_article"):
+        sent = listener_tasks(client, registry, name)
+        assert [task["headers"]["id"] for task in sent] == [f"{id}:{name}" for id in ids]
+    assert client.hlen("unacked") == 0
+    assert client.llen(QUEUE) == 0
+
+
+def test_a_malformed_message_taken_ends_in_the_dead_letters_and_is_acknowledged(
+    client, taker, registry, dead_letters
+):
+    registry.listener("article", name="search.index")(ignore)
+    queue_dispatch(client, {"version": 99})
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+
+    run.take_more()
+    run.finish()
+
+    [letter] = dead_letters
+    assert "unknown schema version 99" in letter.reason
+    assert letter.queue == QUEUE
+    assert client.hlen("unacked") == 0
+
+
+def test_a_body_dispatch_cannot_run_with_ends_in_the_dead_letters(
+    client, taker, registry, dead_letters
+):
+    client.lpush(QUEUE, celery_envelope(args=[message(), "extra"]))
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+
+    run.take_more()
+    run.finish()
+
+    [letter] = dead_letters
+    assert letter.reason.startswith("queue 'notifier': an invalid dispatch task message")
+    assert client.hlen("unacked") == 0
+
+
+def test_a_taken_message_some_listener_missed_is_sent_again_to_dispatch_for_it_alone(
+    monkeypatch, client, taker, registry, dead_letters
+):
+    registry.listener("article", name="search.index")(ignore)
+    registry.listener("article", name="mail.new_article")(ignore)
+    task_id = queue_dispatch(client, message())
+    real_send = taker.send
+
+    def send(tasks):
+        tasks = list(tasks)
+        if any(name == "mail.new_article" for name, *_ in tasks):
+            raise ConnectionError("the broker went away")
+        real_send(tasks)
+
+    monkeypatch.setattr(taker, "send", send)
+    monkeypatch.setattr(taker, "writes_for", lambda task: task.name == "mail.new_article")
+    resent = []
+    monkeypatch.setattr(
+        "tasks.dispatch.dispatch.apply_async", lambda **options: resent.append(options)
+    )
+    monkeypatch.setattr(
+        registry["search.index"].task, "apply_async", lambda **options: None, raising=False
+    )
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+
+    run.take_more()
+    run.finish()
+
+    [again] = resent
+    assert again["kwargs"] == {"only": ["mail.new_article"]}
+    assert (again["task_id"], again["queue"], again["retries"]) == (task_id, QUEUE, 1)
+    assert again["countdown"] == 1
+    assert client.hlen("unacked") == 0
+
+
+def test_a_taken_message_out_of_retries_leaves_its_missed_listeners_in_the_dead_letters(
+    monkeypatch, client, taker, registry, dead_letters
+):
+    registry.listener("article", name="search.index")(ignore)
+    client.lpush(
+        QUEUE, celery_envelope(kwargs={"only": ["search.index"]}, retries=DISPATCH_RETRIES)
+    )
+
+    def unreachable(tasks):
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr(taker, "send", unreachable)
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+
+    run.take_more()
+    run.finish()
+
+    [letter] = dead_letters
+    assert letter.listener == "search.index"
+    assert letter.attempts == DISPATCH_RETRIES + 1
+    assert client.hlen("unacked") == 0
+
+
+def test_messages_taken_after_the_time_bound_go_back_to_their_queue(
+    monkeypatch, client, taker, registry, dead_letters
+):
+    registry.listener("article", name="search.index")(ignore)
+    ids = [queue_dispatch(client, message(number=number)) for number in range(3)]
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+    # Its time is up once it took them: the first reading of the clock is its last in time.
+    readings = iter([run.started])
+    clock = SimpleNamespace(monotonic=lambda: next(readings, run.started + 1e9))
+    monkeypatch.setattr("tasks.dispatch.time", clock)
+
+    run.take_more()
+
+    assert [Taken.parse(raw.decode()).task_id for raw in reversed(client.lrange(QUEUE, 0, -1))] == (
+        ids
+    )
+    assert client.hlen("unacked") == 0
