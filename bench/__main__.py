@@ -334,14 +334,14 @@ def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int
     try:
         listener_queues = [
             LISTENER_QUEUE.format(name=f"bench.listeners.{name}")
-            for name in ("alone", "first", "second", "third")
+            for name in ("alone", "first", "second", "third", "bulk")
         ]
         drain = Drain(server, ["notifier", RAW_QUEUE, *listener_queues])
         staging_publisher = CeleryPublisher(drain.staging_url, 5)
         staging_celery = celery_sender(drain.staging_url)
         message = {
             name: encode(event(name).payload, event(name).impacted_records, [0], "r")
-            for name in ("bench_one", "bench_three")
+            for name in ("bench_one", "bench_three", "bench_bulk")
         }
 
         def raw_fill() -> None:
@@ -361,6 +361,7 @@ def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int
             "raw Celery task (no-op)": (raw_fill, RAW_QUEUE),
             "notifier, 1 listener": (notifier_fill("bench_one"), "notifier"),
             "notifier, 3 listeners": (notifier_fill("bench_three"), "notifier"),
+            "notifier, 1 batch listener (batch=100)": (notifier_fill("bench_bulk"), "notifier"),
         }
         rates: dict[str, list[float]] = {name: [] for name in scenarios}
         for _ in range(rounds):

@@ -38,3 +38,9 @@ def second(event: Event) -> None:
 @listener("bench_three")
 def third(event: Event) -> None:
     """One of the three listeners of ``bench_three`` events."""
+
+
+@listener("bench_bulk", batch=100)
+def bulk(events: list[Event]) -> None:
+    """The batch listener of ``bench_bulk`` events: up to 100 of them per run, as a bulk index
+    would take them."""
