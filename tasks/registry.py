@@ -130,9 +130,9 @@ class Registry:
         # skips the run, the guard having dealt with the message.
         self.may_run = may_run
         # Gives the per-object versions of ordered listeners (tasks.ordering).
+        self.order_guard = order_guard
         # Told of each run sent back to its queue because its objects were busy: a delivery
         # that is not an attempt.
-        self.order_guard = order_guard
         self.on_defer = on_defer
         self._listeners: dict[str, Listener] = {}
 
