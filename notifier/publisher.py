@@ -7,13 +7,12 @@ writes is what Celery's own ``send_task`` writes, so a stock ``celery worker`` c
 from __future__ import annotations
 
 import json
-import os
-import socket
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -21,8 +20,9 @@ from notifier.message import DISPATCH_TASK, Message
 
 __all__ = ["CeleryPublisher", "redis_url", "task_message"]
 
-#: What a Celery 5 client puts in every task message besides the task's name and id (task
-#: protocol 2): no eta, no expiry, no group, no time limits, no parent.
+#: What Celery 5's ``send_task`` puts in every task message besides the task's name and id (task
+#: protocol 2): no eta, no expiry, no group, no time limits, no parent, and ``ignore_result``
+#: None: the worker uses the task's own setting (``task_ignore_result``).
 _HEADERS: dict[str, object] = {
     "lang": "py",
     "shadow": None,
@@ -34,14 +34,14 @@ _HEADERS: dict[str, object] = {
     "timelimit": [None, None],
     "parent_id": None,
     "kwargsrepr": "{}",
-    "ignore_result": False,
+    "ignore_result": None,
     "replaced_task_nesting": 0,
     "stamped_headers": None,
     "stamps": {},
 }
 # The body's third element: no callbacks, errbacks, chain or chord.
 _EMBED: dict[str, object] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+_ORIGIN = anon_nodename()  # what Celery's client names itself: gen<pid>@<host>
 
 
 def task_message(task: str, task_id: str, args: list[object], queue: str) -> str:

@@ -14,7 +14,7 @@ from kombu.transport.redis import Channel
 from kombu.transport.virtual import Message as kombu_message
 
 from notifier.message import DISPATCH_TASK, decode, encode
-from notifier.publisher import CeleryPublisher
+from notifier.publisher import CeleryPublisher, task_message
 
 
 @pytest.fixture
@@ -178,3 +178,16 @@ def test_on_redis_a_message_that_is_not_json_raises_for_the_subscriber_to_log(re
         redis_publisher.publish(message({"id": "a1", "when": object()}), "notifier")
 
     assert redis_publisher.client.llen("notifier") == 0
+
+
+def test_on_redis_the_headers_are_those_celery_s_send_task_writes(publisher):
+    sent = message()
+    publisher.publish(sent, "notifier")  # on Celery's in-memory broker: Celery's send_task
+    celery_headers = take(publisher, "notifier").headers
+
+    ours = json.loads(task_message(DISPATCH_TASK, sent.task_id, [sent.as_dict()], "notifier"))
+
+    # argsrepr names the message instead of repeating it; nothing else differs.
+    del celery_headers["argsrepr"], ours["headers"]["argsrepr"]
+    assert ours["headers"] == celery_headers
+    assert ours["headers"]["ignore_result"] is None  # the task's own setting applies
