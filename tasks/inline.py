@@ -20,6 +20,9 @@ half as many events). So the dispatch task runs it, on these terms:
   backoff, ``max_retries``): Celery sends the task for its second attempt, and from then on the
   listener's own task retries and fails as usual. An exception the listener does not retry
   keeps the message as a dead letter at once, with the traceback, as its task would.
+- A listener that raises Celery's ``Ignore`` is ignored quietly, as its task would be; one that
+  raises ``Reject`` (and does not retry it) has the message dropped, or with ``requeue=True``
+  sent to its task again.
 - Celery's signals about the listener's task (``task_prerun``, ``task_success``...) are not
   sent for this first attempt; the dispatch task's are.
 """
@@ -33,7 +36,7 @@ from typing import Any
 import redis
 from celery import Task
 from celery._state import _task_stack  # type: ignore[attr-defined]  # not in celery-types
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import KombuError
 
 from notifier.errors import ListenersNotSent, MalformedMessage
@@ -122,9 +125,20 @@ def run_alone(
             listener.name,
             message.event_id,
         )
-    except Reject as exc:  # the retry's task could not be sent
-        logger.error("event %s not sent to listener %s: %s", message.event_id, listener.name, exc)
-        raise ListenersNotSent([listener.name]) from None
+    except Ignore:
+        # Celery's "ignore this task" (raised by the listener, or by Task.replace): no failure.
+        logger.info("listener %s ignored event %s in dispatch", listener.name, message.event_id)
+    except Reject as exc:
+        # Task.retry's Reject: its task could not be sent (celery-types lacks Reject's attributes)
+        if isinstance(getattr(exc, "reason", None), _SEND_ERRORS):
+            logger.error(
+                "event %s not sent to listener %s: %s", message.event_id, listener.name, exc
+            )
+            raise ListenersNotSent([listener.name]) from None
+        # The listener's own: Celery would drop the message, or requeue it (its task, again).
+        logger.warning("listener %s rejected event %s: %s", listener.name, message.event_id, exc)
+        if getattr(exc, "requeue", False):
+            _requeue(listener, data, message.task_id)
     except Exception as exc:
         # Not retried (autoretry_for, dont_autoretry_for, max_retries): failed for good.
         letter = dead_letters.add(
@@ -150,19 +164,33 @@ def run_alone(
     return [listener.name]
 
 
+# What Celery's Task.retry wraps in Reject when the retry's task could not be sent.
+_SEND_ERRORS = (KombuError, redis.RedisError, OSError)
+
+
 def _hand_over(listener: Listener, data: Any, task_id: str) -> None:
-    try:
-        listener.task.apply_async(
-            args=(data,),
-            task_id=f"{task_id}:{listener.name}",
-            queue=listener.queue,
-            retries=1,  # type: ignore[call-arg]  # the attempt that ran in dispatch, whose worker died
-        )
-    except (KombuError, redis.RedisError, OSError):
-        logger.exception("event %s not sent to listener %s", task_id, listener.name)
-        raise ListenersNotSent([listener.name]) from None
+    # The attempt that ran in dispatch, whose worker died, was the first.
+    _send(listener, data, task_id, retries=1)
     logger.warning(
         "listener %s: its first attempt on %s ended with its worker; its task tries again",
         listener.name,
         task_id,
     )
+
+
+def _requeue(listener: Listener, data: Any, task_id: str) -> None:
+    # A requeued message is delivered again with the retries it had: none.
+    _send(listener, data, task_id, retries=0)
+
+
+def _send(listener: Listener, data: Any, task_id: str, *, retries: int) -> None:
+    try:
+        listener.task.apply_async(
+            args=(data,),
+            task_id=f"{task_id}:{listener.name}",
+            queue=listener.queue,
+            retries=retries,  # type: ignore[call-arg]  # a message option
+        )
+    except _SEND_ERRORS:
+        logger.exception("event %s not sent to listener %s", task_id, listener.name)
+        raise ListenersNotSent([listener.name]) from None

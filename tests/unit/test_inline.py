@@ -1,0 +1,86 @@
+"""tasks.inline: the first attempt of a message's lone listener, run in dispatch, ends as that
+listener's own task would: Celery's Ignore and Reject are no failures."""
+
+import json
+
+import fakeredis
+import pytest
+from celery import Celery
+from celery.exceptions import Ignore, Reject
+
+from notifier.message import encode
+from tasks.dead_letters import DeadLetters
+from tasks.inline import run_alone
+from tasks.registry import Registry
+
+
+@pytest.fixture
+def registry():
+    return Registry(Celery("inline-tests", broker="memory://", set_as_current=False))
+
+
+@pytest.fixture
+def dead_letters():
+    return DeadLetters(fakeredis.FakeRedis())
+
+
+def alone(registry, function, **options):
+    """Register ``function`` as the only listener of articles, consumed by this worker."""
+    registry.listener("article", name="search.index", **options)(function)
+    registry.app.amqp.queues.select_add(registry["search.index"].queue)
+    return registry["search.index"]
+
+
+def message():
+    payload = {"resource_name": "article", "action": "create", "uri": "/articles"}
+    return json.loads(json.dumps(encode(payload, [{"new": {"id": "a1"}}], [0], "r").as_dict()))
+
+
+def sent_by(monkeypatch, listener):
+    sent = []
+    monkeypatch.setattr(listener.task, "apply_async", lambda **options: sent.append(options))
+    return sent
+
+
+def test_a_listener_that_raises_ignore_in_dispatch_is_ignored_not_dead_lettered(
+    monkeypatch, registry, dead_letters
+):
+    def skip_drafts(event):
+        raise Ignore()
+
+    sent = sent_by(monkeypatch, alone(registry, skip_drafts))
+
+    assert run_alone(message(), registry, dead_letters, None) == ["search.index"]
+    assert list(dead_letters) == []
+    assert sent == []
+
+
+def test_a_listener_that_rejects_its_message_in_dispatch_drops_it_without_a_dead_letter(
+    monkeypatch, registry, dead_letters
+):
+    def reject(event):
+        raise Reject(MemoryError("too large"), requeue=False)
+
+    # Not retried: with the default autoretry_for=(Exception,), Celery retries a Reject too.
+    sent = sent_by(monkeypatch, alone(registry, reject, autoretry_for=(ValueError,)))
+
+    assert run_alone(message(), registry, dead_letters, None) == ["search.index"]
+    assert list(dead_letters) == []
+    assert sent == []
+
+
+def test_a_listener_that_requeues_its_message_in_dispatch_has_it_sent_to_its_task(
+    monkeypatch, registry, dead_letters
+):
+    def requeue(event):
+        raise Reject("later", requeue=True)
+
+    sent = sent_by(monkeypatch, alone(registry, requeue, autoretry_for=(ValueError,)))
+    data = message()
+
+    run_alone(data, registry, dead_letters, None)
+
+    [options] = sent
+    assert options["task_id"] == f"{data['event_id']}:search.index"
+    assert (options["args"], options["retries"]) == ((data,), 0)
+    assert list(dead_letters) == []
