@@ -234,26 +234,41 @@ class DispatchRun:
         return ran + in_batches
 
     def take_more(self) -> None:
-        """Take the next dispatch messages of the queue and handle each, within the bounds."""
+        """Take the next dispatch messages of the queue and handle each, within the bounds.
+
+        Never raises: taking more is for speed, and whatever goes wrong in it leaves the run's
+        own message and what it handled to :meth:`finish`. A taken message whose handling
+        raised is left to the broker's sweep; those of its round not handled yet are given
+        back."""
         taker = self.taker
         if taker is None or self.queue is None:
             return
+        try:
+            self._take_more(taker, self.queue)
+        except (redis.RedisError, OSError):
+            logger.warning("could not take more messages from %s", self.queue, exc_info=True)
+        except Exception:
+            # The one broad except here: the boundary that must not fail the dispatch task.
+            logger.exception("taking more messages from %s stopped", self.queue)
+
+    def _take_more(self, taker: Taker, queue: str) -> None:
         largest_batch = max((listener.batch or 0 for listener in self.registry), default=0)
         limit = max(TAKE_AT_MOST, largest_batch) - 1  # its own message is one
         deadline = self.started + taker.visibility_timeout * TAKE_FOR
         count = 0
         while count < limit and time.monotonic() < deadline:
-            try:
-                taken = taker.take(self.queue, limit - count, TAKE_BYTES)
-            except (redis.RedisError, OSError):
-                logger.warning("could not take more messages from %s", self.queue, exc_info=True)
-                return
+            taken = taker.take(queue, limit - count, TAKE_BYTES)
             if not taken:
                 return
             count += len(taken)
-            for index, item in enumerate(taken):
+            readable = [item for item in taken if item.problem is None]
+            # First, so that nothing kombu's sweep cannot read stays unacknowledged for long.
+            if not self._keep_unreadable([item for item in taken if item.problem is not None]):
+                self._give_back(readable)
+                return
+            for index, item in enumerate(readable):
                 if time.monotonic() >= deadline:
-                    self._give_back(taken[index:])
+                    self._give_back(readable[index:])
                     return
                 delivery = Delivery(
                     item.message,
@@ -264,10 +279,14 @@ class DispatchRun:
                     tag=item.tag,
                 )
                 self.taken.append(delivery)
-                if item.problem is None:
+                try:
                     self.handle(delivery)
-                else:
-                    self._keep_unreadable(item)
+                except BaseException:
+                    # Left unacknowledged, for the sweep; the rest of the round given back.
+                    self.taken.remove(delivery)
+                    taker.release([item.tag])
+                    self._give_back(readable[index + 1 :])
+                    raise
             self._settle()
 
     def finish(self) -> None:
@@ -345,19 +364,40 @@ class DispatchRun:
             self.taker.release(item.tag for item in items)
             logger.warning("could not give back %d messages taken", len(items), exc_info=True)
 
-    def _keep_unreadable(self, item: Taken) -> None:
-        envelope = json.loads(item.raw)
+    def _keep_unreadable(self, items: list[Taken]) -> bool:
+        # Keep each as a dead letter and acknowledge it at once; False: the dead letters are
+        # out of reach, and the items went back to their queue (the sweep must not meet them).
+        assert self.taker is not None
+        if not items:
+            return True
+        try:
+            for item in items:
+                self._keep_one_unreadable(item)
+        except (redis.RedisError, OSError):
+            logger.exception("could not keep %d unreadable messages taken", len(items))
+            self._give_back(items)  # those kept twice, at worst
+            return False
+        try:
+            self.taker.ack(item.tag for item in items)
+        except (redis.RedisError, OSError):
+            logger.exception("could not acknowledge %d unreadable messages taken", len(items))
+            self.taker.release(item.tag for item in items)
+        return True
+
+    def _keep_one_unreadable(self, item: Taken) -> None:
         reason = f"queue {self.queue!r}: an invalid dispatch task message: {item.problem}"
-        letter = self.dead_letters.add(
-            reason,
-            {
+        envelope = item.envelope
+        if isinstance(envelope, dict):
+            kept: Any = {
                 "headers": envelope.get("headers"),
                 "content_type": envelope.get("content-type"),
                 "content_encoding": envelope.get("content-encoding"),
                 "body": envelope.get("body"),
-            },
-            queue=self.queue,
-        )
+            }
+        else:
+            raw = item.raw
+            kept = {"item": raw.decode(errors="replace") if isinstance(raw, bytes) else raw}
+        letter = self.dead_letters.add(reason, kept, queue=self.queue)
         logger.error("%s; kept as dead letter %s", reason, letter.id)
 
     def _send_batch(self, listener: Listener, messages: Any, task_id: str) -> None:

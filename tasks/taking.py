@@ -10,16 +10,25 @@ round: for each message it pops the oldest item of the queue's list (kombu LPUSH
 and registers it as unacknowledged exactly as kombu's ``QoS.append`` does for a message it
 delivers: ``[message, exchange, routing_key]`` in the ``unacked`` hash under the message's
 delivery tag, and the tag in the ``unacked_index`` sorted set, scored by the time it was taken.
-A worker that dies holding taken messages loses none: kombu's sweep hands them out again once
-they are older than the visibility timeout, as it does with the messages it delivered itself.
-While this process lives, a thread refreshes their time (as tasks/visibility.py does for the
-messages Celery holds), and each is acknowledged (removed from both) once it was fully handled.
+A worker that dies holding taken messages loses none that kombu can read: its sweep hands them
+out again once they are older than the visibility timeout, as it does with the messages it
+delivered itself. While this process lives, a thread refreshes their time (as
+tasks/visibility.py does for the messages Celery holds), and each is acknowledged (removed from
+both) once it was fully handled.
 
 The script takes only what Celery would hand to the dispatch task at once: a kombu envelope of
-a ``notifier.dispatch`` task message, JSON, without ``eta``/``countdown`` or an expiry. The
-first other item it meets goes back where it was (RPUSH: it stays next), and the round stops,
-so that a worker's BRPOP takes it as usual. Only the list of priority 0 (kombu's plain queue
-key, which BRPOP reads first) is read.
+a ``notifier.dispatch`` task message, JSON, with an ASCII delivery tag, without
+``eta``/``countdown`` or an expiry. The first other item it meets goes back where it was
+(RPUSH: it stays next), and the round stops, so that a worker's BRPOP takes it as usual. Only
+the list of priority 0 (kombu's plain queue key, which BRPOP reads first) is read.
+
+Redis's Lua JSON reads more than Python's (hex numbers, nan, infinity), and kombu's sweep stops
+at the first entry of the unacknowledged hash it cannot read, leaving all behind it there for
+good. So the taker holds what the script took first, then reads each item as kombu would: one
+it cannot read is :class:`Taken` with a ``problem``, which dispatch keeps as a dead letter and
+acknowledges before it handles anything else. The window left: a worker killed between the
+script and that acknowledgement (a few Redis round trips) leaves such an item in the hash, and
+the sweep raising on it (logged by the worker); ``HDEL unacked <tag>`` lets it go on.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 from notifier.message import DISPATCH_TASK
 from notifier.publisher import redis_url, task_message
@@ -48,7 +59,8 @@ logger = logging.getLogger("notifier")
 
 #: KEYS: the queue's list, the unacked hash, the unacked index. ARGV: how many messages at
 #: most, how many bytes at most (the first one whatever its size), the time to score them with,
-#: the dispatch task's name. Returns the items taken, oldest first.
+#: the dispatch task's name. Returns the delivery tag and the item of each message taken, oldest
+#: first: ``{tag, item, tag, item, ...}``.
 TAKE = """
 local taken, size = {}, 0
 local function absent(value) return value == nil or value == cjson.null end
@@ -68,6 +80,7 @@ for _ = 1, tonumber(ARGV[1]) do
       and (absent(properties['body_encoding']) or properties['body_encoding'] == 'base64')
       and type(message['body']) == 'string'
       and type(properties['delivery_tag']) == 'string'
+      and not properties['delivery_tag']:find('[\\128-\\255]')
       and type(info) == 'table' and type(info['routing_key']) == 'string'
       and (absent(info['exchange']) or type(info['exchange']) == 'string')
   end
@@ -81,6 +94,7 @@ for _ = 1, tonumber(ARGV[1]) do
   redis.call('ZADD', KEYS[3], ARGV[3], properties['delivery_tag'])
   redis.call('HSET', KEYS[2], properties['delivery_tag'],
     '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(info['routing_key']) .. ']')
+  taken[#taken + 1] = properties['delivery_tag']
   taken[#taken + 1] = item
 end
 return taken
@@ -104,24 +118,29 @@ class Taken:
     only: list[str] | None = None  # the listeners a retry is for
     retries: int = 0
     redelivered: bool = False
-    raw: str = field(default="", repr=False)  # the queue item as it was
+    raw: str | bytes = field(default="", repr=False)  # the queue item as it was
     problem: str | None = None  # why the dispatch task could not run with it
+    envelope: Any = field(default=None, repr=False)  # kombu's envelope, when it could read it
 
     @classmethod
-    def parse(cls, raw: str) -> Taken:
-        """Read a queue item the take script accepted (its envelope is sound); one whose body
-        the dispatch task could not run with has the reason as its ``problem``."""
-        envelope = json.loads(raw)
-        headers, properties = envelope["headers"], envelope["properties"]
-        tag = properties["delivery_tag"]
-        task_id = str(headers.get("id") or tag)
+    def parse(cls, raw: str | bytes, tag: str) -> Taken:
+        """Read a queue item the take script accepted, as kombu reads it; one that kombu
+        cannot read, or whose body the dispatch task could not run with, has the reason as its
+        ``problem``. Never raises."""
+        try:
+            envelope = loads(bytes_to_str(raw))  # kombu's sweep reads as this does
+            task_id = str(envelope["headers"].get("id") or tag)
+        except (ValueError, TypeError, LookupError, AttributeError) as exc:
+            # Redis's Lua read it; Python's JSON (and kombu's sweep) cannot.
+            problem = f"an item that is not JSON kombu can read: {type(exc).__name__}: {exc}"
+            return cls(tag, tag, None, raw=raw, problem=problem)
         try:
             return cls._parse(envelope, raw, tag, task_id)
         except Unreadable as exc:
-            return cls(tag, task_id, None, raw=raw, problem=str(exc))
+            return cls(tag, task_id, None, raw=raw, problem=str(exc), envelope=envelope)
 
     @classmethod
-    def _parse(cls, envelope: dict[str, Any], raw: str, tag: str, task_id: str) -> Taken:
+    def _parse(cls, envelope: dict[str, Any], raw: str | bytes, tag: str, task_id: str) -> Taken:
         headers, properties = envelope["headers"], envelope["properties"]
         try:
             body = envelope["body"]
@@ -130,7 +149,7 @@ class Taken:
             if isinstance(body, bytes):
                 body = body.decode(envelope.get("content-encoding") or "utf-8")
             decoded = json.loads(body)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, LookupError) as exc:
             raise Unreadable(
                 f"a body that cannot be decoded: {type(exc).__name__}: {exc}"
             ) from None
@@ -161,6 +180,7 @@ class Taken:
             retries=retries if isinstance(retries, int) else 0,
             redelivered=bool(headers.get("redelivered") or info.get("redelivered")),
             raw=raw,
+            envelope=envelope,
         )
 
 
@@ -189,17 +209,19 @@ class Taker:
 
     def take(self, queue: str, count: int, max_bytes: int) -> list[Taken]:
         """Take up to ``count`` dispatch messages (about ``max_bytes`` at most) from ``queue``,
-        oldest first, registered as unacknowledged and held (refreshed) until :meth:`ack`."""
+        oldest first, registered as unacknowledged and held (refreshed) until :meth:`ack`.
+        Those that cannot be read have a ``problem``: acknowledge them at once."""
         if count <= 0:
             return []
-        items = self._take(
+        reply = self._take(
             keys=[self.key_prefix + queue, self.unacked_key, self.unacked_index_key],
             args=[count, max_bytes, time.time(), DISPATCH_TASK],
         )
-        taken = [Taken.parse(item.decode() if isinstance(item, bytes) else item) for item in items]
-        if taken:
-            self.hold(message.tag for message in taken)
-        return taken
+        # The script takes ASCII tags only.
+        tags = [tag.decode() if isinstance(tag, bytes) else tag for tag in reply[0::2]]
+        if tags:
+            self.hold(tags)  # before anything that could raise
+        return [Taken.parse(item, tag) for tag, item in zip(tags, reply[1::2], strict=True)]
 
     def ack(self, tags: Iterable[str]) -> None:
         """Forget messages fully handled: kombu's ack (both indices), and stop holding them."""

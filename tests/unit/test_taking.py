@@ -13,6 +13,7 @@ from celery import Celery
 
 from notifier.message import DISPATCH_TASK, encode
 from notifier.publisher import task_message
+from tasks.batches import Delivery
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch import DISPATCH_RETRIES, DispatchRun
 from tasks.taking import Taken, Taker
@@ -76,7 +77,7 @@ def test_taking_takes_the_oldest_messages_first(client, taker):
     assert [item.task_id for item in taken] == [first, second]
     assert [item.message["impacted_records"][0]["new"]["id"] for item in taken] == ["a1", "a2"]
     assert client.llen(QUEUE) == 1
-    assert Taken.parse(client.rpop(QUEUE).decode()).task_id == third
+    assert json.loads(client.rpop(QUEUE))["headers"]["id"] == third
 
 
 def test_a_taken_message_is_unacknowledged_as_kombu_keeps_a_message_it_delivered(client, taker):
@@ -344,7 +345,72 @@ def test_messages_taken_after_the_time_bound_go_back_to_their_queue(
 
     run.take_more()
 
-    assert [Taken.parse(raw.decode()).task_id for raw in reversed(client.lrange(QUEUE, 0, -1))] == (
-        ids
-    )
+    queued = [json.loads(raw)["headers"]["id"] for raw in reversed(client.lrange(QUEUE, 0, -1))]
+    assert queued == ids
     assert client.hlen("unacked") == 0
+
+
+@pytest.mark.parametrize(
+    "lua_only", ['"retries": 0x0', '"retries": nan', '"retries": inf'], ids=["hex", "nan", "inf"]
+)
+def test_an_item_only_redis_lua_reads_is_taken_with_the_reason_instead_of_raising(lua_only):
+    # fakeredis's Lua JSON is Python's: tests/integration/test_taking.py takes these from Redis.
+    item = task_message(DISPATCH_TASK, "t1", [message()], QUEUE).replace('"retries": 0', lua_only)
+
+    taken = Taken.parse(item.encode(), "tag-1")
+
+    assert (taken.tag, taken.task_id, taken.raw) == ("tag-1", "tag-1", item.encode())
+    assert taken.problem.startswith("an item that is not JSON kombu can read")
+
+
+def test_an_item_with_bytes_that_are_not_utf8_is_read_as_kombu_reads_it():
+    item = task_message(DISPATCH_TASK, "t1", [message()], QUEUE).encode()
+
+    taken = Taken.parse(item.replace(b'"lang": "py"', b'"lang": "p\xff"'), "tag-1")
+
+    assert (taken.problem, taken.task_id) == (None, "t1")
+
+
+def test_a_run_whose_taking_fails_still_sends_the_batch_of_its_own_message(
+    monkeypatch, client, taker, registry, dead_letters
+):
+    registry.listener("article", name="bulk", batch=10)(ignore)
+
+    def broken(*args):
+        raise RuntimeError("a bug in taking")
+
+    monkeypatch.setattr(taker, "take", broken)
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+    run.handle(Delivery(message()))
+
+    run.take_more()
+    run.finish()
+
+    assert len(listener_tasks(client, registry, "bulk")) == 1
+    assert list(dead_letters) == []
+
+
+def test_a_taken_message_whose_handling_raises_is_left_to_the_sweep_and_the_rest_given_back(
+    monkeypatch, client, taker, registry, dead_letters
+):
+    registry.listener("article", name="search.index")(ignore)
+    ids = [queue_dispatch(client, message(number=number)) for number in range(3)]
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+    real_handle = run.handle
+
+    def handle(delivery):
+        if delivery.task_id == ids[1]:
+            raise RuntimeError("a bug in handling")
+        return real_handle(delivery)
+
+    monkeypatch.setattr(run, "handle", handle)
+
+    run.take_more()
+    run.finish()
+
+    assert [json.loads(raw)["headers"]["id"] for raw in client.lrange(QUEUE, 0, -1)] == [ids[2]]
+    [left] = client.hkeys("unacked")
+    assert json.loads(client.hget("unacked", left))[0]["headers"]["id"] == ids[1]
+    assert [task["headers"]["id"] for task in listener_tasks(client, registry, "search.index")] == [
+        f"{ids[0]}:search.index"
+    ]
