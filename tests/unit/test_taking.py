@@ -2,6 +2,7 @@
 Redis transport would deliver them (fakeredis runs the Lua script)."""
 
 import base64
+import inspect
 import json
 import time
 import uuid
@@ -49,7 +50,8 @@ def queue_dispatch(client, data):
 
 def celery_envelope(task="notifier.dispatch", args=None, kwargs=None, **headers):
     """A task message as Celery's send_task leaves it in Redis: a base64 body."""
-    body = json.dumps([args or [message()], kwargs or {}, {"callbacks": None}]).encode()
+    body = json.dumps([[message()] if args is None else args, kwargs or {}, {"callbacks": None}])
+    body = body.encode()
     task_id = uuid.uuid4().hex
     return json.dumps(
         {
@@ -137,7 +139,7 @@ def test_celery_send_task_messages_are_read_from_their_base64_body(client, taker
 
 
 def test_a_body_dispatch_cannot_run_with_is_taken_with_the_reason(client, taker):
-    client.lpush(QUEUE, celery_envelope(args=[message(), "extra"]))
+    client.lpush(QUEUE, celery_envelope(args=[message(), None, "extra"]))
 
     [taken] = taker.take(QUEUE, 10, 1 << 20)
 
@@ -263,7 +265,7 @@ def test_a_malformed_message_taken_ends_in_the_dead_letters_and_is_acknowledged(
 def test_a_body_dispatch_cannot_run_with_ends_in_the_dead_letters(
     client, taker, registry, dead_letters
 ):
-    client.lpush(QUEUE, celery_envelope(args=[message(), "extra"]))
+    client.lpush(QUEUE, celery_envelope(args=[message(), None, "extra"]))
     run = DispatchRun(registry, dead_letters, QUEUE, taker)
 
     run.take_more()
@@ -413,4 +415,35 @@ def test_a_taken_message_whose_handling_raises_is_left_to_the_sweep_and_the_rest
     assert json.loads(client.hget("unacked", left))[0]["headers"]["id"] == ids[1]
     assert [task["headers"]["id"] for task in listener_tasks(client, registry, "search.index")] == [
         f"{ids[0]}:search.index"
+    ]
+
+
+SENT = message()
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [([], {"message": SENT}), ([SENT, ["search.index"]], {})],
+    ids=["message-as-keyword", "only-as-second-argument"],
+)
+def test_a_dispatch_message_sent_with_other_forms_of_its_arguments_is_taken_as_celery_runs_it(
+    client, taker, args, kwargs
+):
+    client.lpush(QUEUE, celery_envelope(args=args, kwargs=kwargs))
+
+    [taken] = taker.take(QUEUE, 10, 1 << 20)
+
+    assert taken.problem is None
+    assert taken.message == SENT
+    assert taken.only == (["search.index"] if args else None)
+
+
+def test_taking_binds_arguments_as_the_dispatch_task_s_signature_does():
+    from tasks.dispatch import dispatch
+    from tasks.taking import _dispatch_arguments
+
+    taken = list(inspect.signature(_dispatch_arguments).parameters.values())
+    task = list(inspect.signature(dispatch.run).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in taken] == [
+        (p.name, p.kind, p.default) for p in task
     ]
