@@ -18,7 +18,7 @@ from redis.retry import Retry
 
 from notifier.message import DISPATCH_TASK, Message
 
-__all__ = ["CeleryPublisher", "redis_url", "task_message"]
+__all__ = ["CeleryPublisher", "direct_redis_url", "redis_url", "task_message"]
 
 #: What Celery 5's ``send_task`` puts in every task message besides the task's name and id (task
 #: protocol 2): no eta, no expiry, no group, no time limits, no parent, and ``ignore_result``
@@ -91,6 +91,18 @@ def _argsrepr(args: list[object]) -> str:
     return f"[<{len(args)} arguments>]"
 
 
+def direct_redis_url(broker_url: str) -> str | None:
+    """The redis-py URL of a kombu broker URL that redis-py connects to as kombu does, or None:
+    a plain ``redis://`` or ``redis+socket://`` URL without a query. A query means something
+    else to each (kombu reads ``ssl_cert_reqs=CERT_REQUIRED``, which redis-py refuses, and
+    takes a socket URL's query as its own options); TLS, Sentinel and failover URLs are left
+    to kombu."""
+    parts = urlsplit(broker_url)
+    if parts.scheme not in ("redis", "redis+socket") or parts.query or ";" in broker_url:
+        return None
+    return redis_url(broker_url)
+
+
 def redis_url(broker_url: str) -> str:
     """The redis-py URL of a kombu Redis broker URL (``redis+socket://`` is ``unix://``)."""
     parts = urlsplit(broker_url)
@@ -102,11 +114,12 @@ def redis_url(broker_url: str) -> str:
 class CeleryPublisher:
     """Publishes each message as one ``notifier.dispatch`` task message on a queue.
 
-    On a Redis broker it writes the task message straight into the queue's Redis list (see
-    :func:`task_message`), with one LPUSH on a connection it keeps for the next message: it
-    skips kombu, which costs several times more per message (a Redis client built per publish,
-    ``argsrepr``, base64; see the README's "Performance"). Other brokers (``memory://``) go
-    through Celery.
+    On a Redis broker whose URL redis-py reads as kombu does (:func:`direct_redis_url`) it
+    writes the task message straight into the queue's Redis list (see :func:`task_message`),
+    with one LPUSH on a connection it keeps for the next message: it skips kombu, which costs
+    several times more per message (a Redis client built per publish, ``argsrepr``, base64; see
+    the README's "Performance"). Other brokers (``rediss://``, a URL with a query, Sentinel,
+    ``memory://``) go through Celery, as does a URL redis-py cannot set up a connection with.
 
     Every broker operation is bounded by ``timeout`` seconds (connect and socket), and nothing is
     retried, so a write request never waits long for an absent or hung broker.
@@ -115,9 +128,12 @@ class CeleryPublisher:
     def __init__(self, broker_url: str, timeout: float) -> None:
         self.broker_url = broker_url
         self.client: redis.Redis | None = None
-        if urlsplit(broker_url).scheme in ("redis", "rediss", "redis+socket"):
-            pool = redis.ConnectionPool.from_url(redis_url(broker_url))
-            # After from_url, which lets timeouts in the URL's query win: these are the bounds.
+        direct = direct_redis_url(broker_url)
+        try:
+            pool = redis.ConnectionPool.from_url(direct) if direct is not None else None
+        except (ValueError, TypeError):
+            pool = None  # what redis-py cannot read, kombu may
+        if pool is not None:
             pool.connection_kwargs.update(
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,

@@ -43,7 +43,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
@@ -51,7 +50,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from notifier.message import DISPATCH_TASK
-from notifier.publisher import redis_url, task_message
+from notifier.publisher import direct_redis_url, task_message
 
 __all__ = ["TAKE", "Taken", "Taker", "Unreadable", "taker_of"]
 
@@ -308,23 +307,75 @@ class Taker:
                 logger.warning("could not refresh the dispatch messages this process took")
 
 
-def _transport_options(app: Celery) -> Mapping[str, Any]:
-    return app.conf.broker_transport_options or {}
+#: The transport options the taker honours, or that change neither where nor how it connects
+#: nor what it reads and writes: with any other (``connection_class``, ``sentinel_kwargs``,
+#: ``credential_provider``...), dispatch leaves taking to kombu.
+_TAKER_OPTIONS = frozenset(
+    {
+        "visibility_timeout",
+        "ack_emulation",
+        "global_keyprefix",
+        "unacked_key",
+        "unacked_index_key",
+        "unacked_mutex_key",
+        "unacked_mutex_expire",
+        "unacked_restore_limit",
+        "unacked_restore_interval",
+        "unacked_restore_throttle",
+        "polling_interval",
+        "brpop_timeout",
+        "priority_steps",
+        "sep",
+        "queue_order_strategy",
+        "fanout_prefix",
+        "fanout_patterns",
+        "max_retries",
+        "interval_start",
+        "interval_step",
+        "interval_max",
+        *("socket_timeout", "socket_connect_timeout", "socket_keepalive"),
+        *("socket_keepalive_options", "retry_on_timeout", "health_check_interval"),
+        *("client_name", "max_connections"),
+    }
+)
+# The connection options of kombu's Redis channel the taker's client takes as they are.
+_CONNECTION_OPTIONS = (
+    "socket_keepalive",
+    "socket_keepalive_options",
+    "retry_on_timeout",
+    "health_check_interval",
+    "client_name",
+)
 
 
 @cache
 def taker_of(app: Celery) -> Taker | None:
-    """The taker of ``app``'s broker, in this process; None when its broker is not one Redis
-    (Sentinel, failover URLs, another transport) or kombu does not emulate acks there."""
+    """The taker of ``app``'s broker, in this process; None when the taker could not connect
+    as kombu does: a broker that is not one Redis (Sentinel, failover URLs, another transport),
+    TLS (``rediss://``, ``broker_use_ssl``), a URL with a query, transport options it would
+    ignore (:data:`_TAKER_OPTIONS`), or without kombu's emulated acks. Dispatch then takes no
+    more than its own message."""
     url = app.conf.broker_read_url or app.conf.broker_url
-    if not isinstance(url, str) or ";" in url:
+    direct = direct_redis_url(url) if isinstance(url, str) else None
+    options = app.conf.broker_transport_options or {}
+    if (
+        direct is None
+        or app.conf.broker_use_ssl
+        or not set(options) <= _TAKER_OPTIONS
+        or not options.get("ack_emulation", True)
+    ):
         return None
-    if urlsplit(url).scheme not in ("redis", "rediss", "redis+socket"):
+    connection = {name: options[name] for name in _CONNECTION_OPTIONS if name in options}
+    try:
+        client = redis.Redis.from_url(
+            direct,
+            socket_timeout=options.get("socket_timeout") or 10,
+            socket_connect_timeout=options.get("socket_connect_timeout") or 5,
+            **connection,
+        )
+    except (ValueError, TypeError) as exc:
+        logger.warning("redis-py cannot read the broker URL (%s): no taking", type(exc).__name__)
         return None
-    options = _transport_options(app)
-    if not options.get("ack_emulation", True):
-        return None
-    client = redis.Redis.from_url(redis_url(url), socket_timeout=10, socket_connect_timeout=5)
     return Taker(
         client,
         visibility_timeout=float(options.get("visibility_timeout", 3600)),

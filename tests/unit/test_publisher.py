@@ -191,3 +191,36 @@ def test_on_redis_the_headers_are_those_celery_s_send_task_writes(publisher):
     del celery_headers["argsrepr"], ours["headers"]["argsrepr"]
     assert ours["headers"] == celery_headers
     assert ours["headers"]["ignore_result"] is None  # the task's own setting applies
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://127.0.0.1:1/0?ssl_cert_reqs=CERT_REQUIRED",  # kombu's form, refused by redis-py
+        "redis://127.0.0.1:1/0?ssl_cert_reqs=required",
+        "redis+socket:///tmp/redis.sock?virtual_host=2",
+    ],
+    ids=["rediss", "redis-query", "socket-query"],
+)
+def test_a_broker_url_redis_py_does_not_read_as_kombu_does_is_published_through_celery(
+    monkeypatch, url
+):
+    publisher = CeleryPublisher(url, timeout=0.5)
+    sent = []
+    monkeypatch.setattr(publisher.app, "send_task", lambda *args, **options: sent.append(options))
+
+    publisher.publish(message(), "notifier")
+
+    assert publisher.client is None
+    assert [options["queue"] for options in sent] == ["notifier"]
+
+
+def test_a_broker_url_redis_py_cannot_set_up_is_published_through_celery(monkeypatch):
+    def cannot(url):
+        raise ValueError("Redis URL must specify one of the following schemes")
+
+    monkeypatch.setattr(redis.ConnectionPool, "from_url", cannot)
+
+    publisher = CeleryPublisher("redis://127.0.0.1:1/0", timeout=0.5)
+
+    assert publisher.client is None

@@ -17,7 +17,7 @@ from notifier.publisher import task_message
 from tasks.batches import Delivery
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch import DISPATCH_RETRIES, DispatchRun
-from tasks.taking import Taken, Taker
+from tasks.taking import Taken, Taker, taker_of
 
 QUEUE = "notifier"
 
@@ -447,3 +447,34 @@ def test_taking_binds_arguments_as_the_dispatch_task_s_signature_does():
     assert [(p.name, p.kind, p.default) for p in taken] == [
         (p.name, p.kind, p.default) for p in task
     ]
+
+
+def celery_app(url, **conf):
+    app = Celery("taker-of", broker=url, set_as_current=False)
+    app.conf.update(conf)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("url", "conf"),
+    [
+        ("rediss://127.0.0.1:1/0?ssl_cert_reqs=CERT_REQUIRED", {}),
+        ("redis://127.0.0.1:1/0", {"broker_use_ssl": {"ssl_cert_reqs": "required"}}),
+        ("redis://127.0.0.1:1/0", {"broker_transport_options": {"sentinel_kwargs": {}}}),
+        ("redis+socket:///tmp/redis.sock?virtual_host=2", {}),
+        ("sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380", {}),
+    ],
+    ids=["rediss-query", "broker_use_ssl", "other-transport-option", "socket-query", "sentinel"],
+)
+def test_dispatch_takes_nothing_where_the_taker_could_not_connect_as_kombu_does(url, conf):
+    assert taker_of(celery_app(url, **conf)) is None
+
+
+def test_a_plain_redis_broker_has_a_taker_with_the_transport_s_options():
+    options = {"visibility_timeout": 7, "socket_timeout": 3, "unacked_restore_interval": 1}
+    app = celery_app("redis://127.0.0.1:1/0", broker_transport_options=options)
+
+    taker = taker_of(app)
+
+    assert taker.visibility_timeout == 7
+    assert taker.client.connection_pool.connection_kwargs["socket_timeout"] == 3
