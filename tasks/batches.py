@@ -3,7 +3,8 @@
 A listener that does bulk work (a search engine's bulk index, one SQL statement for many rows)
 costs about as much for a hundred events as for one. Dispatch collects, over its own message
 and the messages it takes after it (tasks/taking.py), the events each batch listener wants, and
-sends one task per batch listener with their messages, at most ``batch`` of them: its id is
+sends one task per batch listener with their messages, at most ``batch`` of them and about
+:data:`BATCH_BYTES` of JSON (one message larger than that travels alone): its id is
 ``<first message's task id>+<count>:<listener>``. A batch of one travels as a single message,
 with the id any listener's task has, ``<task id>:<listener>``.
 
@@ -22,6 +23,7 @@ A batch listener never runs in the dispatch task itself, and does not keep order
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,13 +39,25 @@ from tasks.event import Event
 if TYPE_CHECKING:
     from tasks.registry import Listener, Registry
 
-__all__ = ["MAX_BATCH", "Batches", "Delivery", "batch_task_id", "check_batch", "make_batch_task"]
+__all__ = [
+    "BATCH_BYTES",
+    "MAX_BATCH",
+    "Batches",
+    "Delivery",
+    "batch_task_id",
+    "check_batch",
+    "make_batch_task",
+]
 
 logger = logging.getLogger("notifier")
 
 #: The largest batch: a batch travels as one task message, and dispatch takes at most this many
 #: messages in one run.
 MAX_BATCH = 1000
+#: How many bytes of messages (their JSON) one batch holds at most, whatever its ``batch``, so
+#: that a batch task message stays small (the parts of one large event fill it fast); a
+#: message larger than this travels alone.
+BATCH_BYTES = 1 << 20
 
 
 def check_batch(batch: Any, *, ordered: bool, parents: Any) -> int | None:
@@ -176,6 +190,7 @@ class Delivery:
     redelivered: bool = False
     task_id: str | None = None  # the dispatch task's id, when known
     tag: str | None = None  # a taken message's delivery tag
+    size: int | None = None  # its message's JSON in bytes, when known
     pending: int = 0  # batches holding its events, not sent yet
     not_sent: list[str] = field(default_factory=list)  # listeners the broker did not take
 
@@ -184,11 +199,13 @@ class Delivery:
 class _Batch:
     listener: Listener
     entries: list[tuple[Delivery, Any, str]] = field(default_factory=list)
+    size: int = 0  # bytes of messages
 
 
 class Batches:
     """The events dispatch collects for its batch listeners; each batch is sent as one task once
-    it holds ``batch`` messages, or by :meth:`send_all`.
+    it holds ``batch`` messages or ``max_bytes`` of them (before a message that would take it
+    past that), or by :meth:`send_all`.
 
     ``send(listener, messages, task_id)`` sends one: raising any of ``errors`` marks its
     messages' deliveries as not sent to that listener.
@@ -198,17 +215,25 @@ class Batches:
         self,
         send: Callable[[Listener, Any, str], None],
         errors: tuple[type[BaseException], ...],
+        max_bytes: int = BATCH_BYTES,
     ) -> None:
         self._send = send
         self._errors = errors
+        self._max_bytes = max_bytes
         self._batches: dict[str, _Batch] = {}
 
     def add(self, listener: Listener, delivery: Delivery, message: Any, task_id: str) -> None:
         """Keep ``message`` (of task id ``task_id``) for the batch ``listener`` wants."""
+        if delivery.size is None:
+            delivery.size = len(json.dumps(message, separators=(",", ":")))
+        batch = self._batches.get(listener.name)
+        if batch is not None and batch.size + delivery.size > self._max_bytes:
+            self.send(listener.name)
         batch = self._batches.setdefault(listener.name, _Batch(listener))
         batch.entries.append((delivery, message, task_id))
+        batch.size += delivery.size
         delivery.pending += 1
-        if len(batch.entries) >= (listener.batch or 1):
+        if len(batch.entries) >= (listener.batch or 1) or batch.size >= self._max_bytes:
             self.send(listener.name)
 
     def send(self, name: str) -> None:

@@ -134,7 +134,8 @@ def fan_out(
 TAKE_AT_MOST = 100
 TAKE_FOR = 0.1  # of the visibility timeout
 #: How many bytes of messages one round of taking holds at most (and the first one whatever its
-#: size), so that a worker's memory stays bounded with the parts of a large event.
+#: size). With at most BATCH_BYTES in each batch listener's batch (tasks/batches.py), this
+#: bounds the messages one run holds, whatever the size of the event whose parts it takes.
 TAKE_BYTES = 1 << 20
 
 # What the broker raises when it does not take a task.
@@ -277,6 +278,7 @@ class DispatchRun:
                     redelivered=item.redelivered,
                     task_id=item.task_id,
                     tag=item.tag,
+                    size=item.size,
                 )
                 self.taken.append(delivery)
                 try:

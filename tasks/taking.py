@@ -125,6 +125,7 @@ class Taken:
     redelivered: bool = False
     raw: str | bytes = field(default="", repr=False)  # the queue item as it was
     problem: str | None = None  # why the dispatch task could not run with it
+    size: int | None = None  # bytes of its body's JSON
     envelope: Any = field(default=None, repr=False)  # kombu's envelope, when it could read it
 
     @classmethod
@@ -187,6 +188,7 @@ class Taken:
             redelivered=bool(headers.get("redelivered") or info.get("redelivered")),
             raw=raw,
             envelope=envelope,
+            size=len(body),  # about its message's JSON: a batch counts it
         )
 
 

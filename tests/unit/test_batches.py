@@ -10,6 +10,7 @@ from celery._state import _task_stack  # type: ignore[attr-defined]
 
 from notifier.errors import ListenerError
 from notifier.message import DISPATCH_TASK, encode
+from notifier.message import split as split_event
 from notifier.publisher import task_message
 from tasks.batches import batch_task_id, run_batch
 from tasks.dead_letters import DeadLetters
@@ -273,3 +274,25 @@ def test_a_batch_of_one_retries_as_any_listener_does(registry):
 
     with pytest.raises(RuntimeError):
         run_batch(registry, "bulk.index", message(), bulk_index)
+
+
+def test_a_batch_is_sent_once_it_holds_a_mebibyte_of_messages_whatever_its_count(
+    client, taker, registry, dead_letters
+):
+    registry.listener("article", batch=100, name="bulk.index")(ignore)
+    payload = {"resource_name": "article", "action": "delete", "uri": "/articles"}
+    records = [{"old": {"id": f"a{number}", "title": "x" * 1000}} for number in range(1200)]
+    parts = split_event(encode(payload, records, list(range(len(records))), "req-1"), 200_000)
+    for part in parts:
+        queue_dispatch(client, json.loads(json.dumps(part.as_dict())))
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+
+    run.take_more()
+    run.finish()
+
+    sent = sent_tasks(client, registry["bulk.index"].queue)
+    assert len(parts) == 7
+    assert sum(len(arguments(task)) for task in sent) == 7
+    assert len(sent) > 1
+    assert all(len(json.loads(task["body"])[0][0]) <= 5 for task in sent)
+    assert all(len(task["body"]) <= (1 << 20) + 20_000 for task in sent)
