@@ -46,6 +46,7 @@ __all__ = [
     "Delivery",
     "batch_task_id",
     "check_batch",
+    "listener_task_id",
     "make_batch_task",
 ]
 
@@ -78,11 +79,17 @@ def check_batch(batch: Any, *, ordered: bool, parents: Any) -> int | None:
     return batch
 
 
+def listener_task_id(task_id: str, listener_name: str) -> str:
+    """The id of a listener's task for the message of task id ``task_id`` (dispatch's, the
+    web side's), whoever sends it: the logs tie it to the event."""
+    return f"{task_id}:{listener_name}"
+
+
 def batch_task_id(task_ids: list[str], listener_name: str) -> str:
     """The id of a batch listener's task for messages of these task ids."""
     if len(task_ids) == 1:
-        return f"{task_ids[0]}:{listener_name}"
-    return f"{task_ids[0]}+{len(task_ids)}:{listener_name}"
+        return listener_task_id(task_ids[0], listener_name)
+    return listener_task_id(f"{task_ids[0]}+{len(task_ids)}", listener_name)
 
 
 def make_batch_task(
@@ -159,7 +166,7 @@ def _split(task: Any, listener: Listener, items: list[Any], *, retries: int) -> 
     for item in items:
         task.apply_async(
             args=(item,),
-            task_id=f"{decode(item).task_id}:{listener.name}",
+            task_id=listener_task_id(decode(item).task_id, listener.name),
             queue=listener.queue,
             countdown=countdown,
             retries=retries,

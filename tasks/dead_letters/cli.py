@@ -40,6 +40,7 @@ from notifier.errors import MalformedMessage, NotifierError
 from notifier.message import decode
 from notifier.routing import DEFAULT_QUEUE
 from tasks.app import app, registry, routing
+from tasks.batches import listener_task_id
 from tasks.dead_letters.store import DeadLetter, DeadLetters
 from tasks.dispatch import dispatch
 
@@ -158,7 +159,7 @@ def _target(letter: DeadLetter) -> _Target | None:
         return None
     try:
         # The id dispatch gives a listener's task: the logs tie the replay to the event.
-        task_id: str | None = f"{decode(letter.message).task_id}:{listener.name}"
+        task_id: str | None = listener_task_id(decode(letter.message).task_id, listener.name)
     except MalformedMessage:
         task_id = None
     return _Target(
