@@ -20,23 +20,36 @@ from celery import Task, signals
 from kombu.exceptions import KombuError
 
 from notifier.errors import ListenersNotSent, MalformedMessage
-from notifier.message import DISPATCH_TASK, decode
+from notifier.message import DISPATCH_TASK, Message, decode
 from notifier.routing import DEFAULT_QUEUE
 from tasks.app import app, registry
-from tasks.batches import Batches, Delivery
+from tasks.batches import Batches, Delivery, listener_task_id
 from tasks.dead_letters import DeadLetters
 from tasks.inline import run_alone
 from tasks.ordering import OrderGuard
 from tasks.registry import Listener, Registry
 from tasks.taking import Taken, Taker, taker_of
 
-__all__ = ["DISPATCH_RETRIES", "DispatchRun", "dead_letters", "dispatch", "fan_out", "taker"]
+__all__ = [
+    "DISPATCH_RETRIES",
+    "DispatchRun",
+    "dead_letters",
+    "dispatch",
+    "dispatch_countdown",
+    "fan_out",
+    "taker",
+]
 
 logger = logging.getLogger("notifier")
 
 #: How often dispatch tries again to send a message the broker did not take (backoff: 1 s,
 #: 2 s, 4 s... at most 60 s apart, about 15 minutes in all).
 DISPATCH_RETRIES = 20
+
+
+def dispatch_countdown(retries: int) -> int:
+    """How long dispatch waits before its attempt after ``retries`` retries, in seconds."""
+    return int(min(2**retries, 60))
 
 
 @cache
@@ -61,27 +74,34 @@ def fan_out(
     only: Collection[str] | None = None,
     queue: str | None = None,
     taker: Taker | None = None,
+    *,
+    decoded: tuple[Message, list[Listener]] | None = None,
 ) -> list[str]:
     """Send the message ``data`` to every listener of ``registry`` that wants it (of those
     named in ``only``, when given), and return their names. With a ``taker``, the broker's,
     the tasks it may write go in one round trip (:meth:`Taker.send`); the others through
-    Celery.
+    Celery. ``decoded``: the message decoded and those listeners, when the caller has them.
 
     A malformed message is dead-lettered with the reason (and ``queue``, where it came from).
     When the broker does not take the message for some listeners, the others still get it, and
     :class:`ListenersNotSent` names the ones that did not.
     """
-    try:
-        message = decode(data)
-    except MalformedMessage as exc:
-        letter = dead_letters.add(exc.reason, data, queue=queue)
-        logger.error("malformed message kept as dead letter %s: %s", letter.id, exc.reason)
-        return []
+    if decoded is not None:
+        message, wanted = decoded
+    else:
+        try:
+            message = decode(data)
+        except MalformedMessage as exc:
+            letter = dead_letters.add(exc.reason, data, queue=queue)
+            logger.error("malformed message kept as dead letter %s: %s", letter.id, exc.reason)
+            return []
+        wanted = [
+            listener
+            for listener in registry.matching(message)
+            if only is None or listener.name in only
+        ]
     sent: list[str] = []
     not_sent: list[str] = []
-    wanted = [
-        listener for listener in registry.matching(message) if only is None or listener.name in only
-    ]
     written = [
         listener for listener in wanted if taker is not None and taker.writes_for(listener.task)
     ]
@@ -90,7 +110,7 @@ def fan_out(
             taker.send(
                 (
                     listener.task.name,
-                    f"{message.task_id}:{listener.name}",
+                    listener_task_id(message.task_id, listener.name),
                     message.as_dict(),
                     listener.queue,
                 )
@@ -107,7 +127,7 @@ def fan_out(
         try:
             listener.task.apply_async(
                 args=(message.as_dict(),),
-                task_id=f"{message.task_id}:{listener.name}",
+                task_id=listener_task_id(message.task_id, listener.name),
                 queue=listener.queue,
             )
         except (KombuError, redis.RedisError, OSError):
@@ -172,7 +192,7 @@ def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) 
     finally:
         run.give_up()
     if own.not_sent:
-        countdown = min(2**self.request.retries, 60)
+        countdown = dispatch_countdown(self.request.retries)
         exc = ListenersNotSent(own.not_sent)
         raise self.retry(kwargs={"only": own.not_sent}, countdown=countdown, exc=exc) from None
     return sent
@@ -221,14 +241,30 @@ class DispatchRun:
         for listener in wanted:
             if listener.batch is not None:
                 self.batches.add(listener, delivery, data, message.task_id)
-        alone = [listener.name for listener in wanted if listener.batch is None]
+        listeners = [listener for listener in wanted if listener.batch is None]
+        alone = [listener.name for listener in listeners]
         if not alone:
             return in_batches
         try:
             again = bool(delivery.retries or delivery.redelivered)
-            ran = run_alone(data, self.registry, self.dead_letters, only, again=again)
+            ran = run_alone(
+                data,
+                self.registry,
+                self.dead_letters,
+                only,
+                again=again,
+                decoded=(message, listeners),
+            )
             if ran is None:
-                ran = fan_out(data, self.registry, self.dead_letters, alone, self.queue, self.taker)
+                ran = fan_out(
+                    data,
+                    self.registry,
+                    self.dead_letters,
+                    alone,
+                    self.queue,
+                    self.taker,
+                    decoded=(message, listeners),
+                )
         except ListenersNotSent as exc:
             delivery.not_sent.extend(exc.listeners)
             ran = [name for name in alone if name not in exc.listeners]
@@ -349,7 +385,7 @@ class DispatchRun:
                 kwargs={"only": listeners},
                 task_id=delivery.task_id,
                 queue=self.queue or DEFAULT_QUEUE,
-                countdown=min(2**delivery.retries, 60),
+                countdown=dispatch_countdown(delivery.retries),
                 retries=delivery.retries + 1,  # type: ignore[call-arg]  # a message option
             )
         except _SEND_ERRORS:

@@ -40,7 +40,8 @@ from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import KombuError
 
 from notifier.errors import ListenersNotSent, MalformedMessage
-from notifier.message import decode
+from notifier.message import Message, decode
+from tasks.batches import listener_task_id
 from tasks.dead_letters import DeadLetters
 from tasks.registry import Listener, Registry
 
@@ -78,6 +79,7 @@ def run_alone(
     only: list[str] | None,
     *,
     again: bool = False,
+    decoded: tuple[Message, list[Listener]] | None = None,
 ) -> list[str] | None:
     """Run the one listener that wants the message ``data``, if it alone does and may run here;
     return its name. ``None``: dispatch sends the listener tasks as usual. Batch listeners are
@@ -85,17 +87,23 @@ def run_alone(
 
     ``again``: this dispatch is a retry or a redelivery, so the first attempt ran here already
     and its worker died: the listener's own task takes over, for its second attempt.
+
+    ``decoded``: the message decoded and the listeners of ``only`` that want it, batch
+    listeners left out, when the caller has them.
     """
-    try:
-        message = decode(data)
-    except MalformedMessage:
-        return None  # fan_out keeps it as a dead letter
-    # Batch listeners have tasks of their own whatever else wants the message (tasks/batches.py).
-    matching = [
-        listener
-        for listener in registry.matching(message)
-        if (only is None or listener.name in only) and listener.batch is None
-    ]
+    if decoded is not None:
+        message, matching = decoded
+    else:
+        try:
+            message = decode(data)
+        except MalformedMessage:
+            return None  # fan_out keeps it as a dead letter
+        # Batch listeners have tasks of their own whatever else wants the message.
+        matching = [
+            listener
+            for listener in registry.matching(message)
+            if (only is None or listener.name in only) and listener.batch is None
+        ]
     if len(matching) != 1 or not runs_in_dispatch(matching[0]):
         return None
     [listener] = matching
@@ -108,7 +116,7 @@ def run_alone(
     # The request the listener's task would run with: its retries, the delivery guard and
     # Celery's retry (its queue, its attempts) read it, and current_task is the listener's.
     task.push_request(
-        id=f"{message.task_id}:{listener.name}",
+        id=listener_task_id(message.task_id, listener.name),
         args=[data],
         kwargs={},
         retries=0,
@@ -187,7 +195,7 @@ def _send(listener: Listener, data: Any, task_id: str, *, retries: int) -> None:
     try:
         listener.task.apply_async(
             args=(data,),
-            task_id=f"{task_id}:{listener.name}",
+            task_id=listener_task_id(task_id, listener.name),
             queue=listener.queue,
             retries=retries,  # type: ignore[call-arg]  # a message option
         )

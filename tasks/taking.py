@@ -52,7 +52,7 @@ from kombu.utils.json import loads
 from notifier.message import DISPATCH_TASK
 from notifier.publisher import direct_redis_url, task_message
 
-__all__ = ["TAKE", "Taken", "Taker", "Unreadable", "taker_of"]
+__all__ = ["TAKE", "Taken", "Taker", "taker_of"]
 
 logger = logging.getLogger("notifier")
 
@@ -109,7 +109,7 @@ def _dispatch_arguments(message: Any, only: Any = None) -> tuple[Any, Any]:
     return message, only
 
 
-class Unreadable(Exception):
+class _Unreadable(Exception):
     """Raised when a taken item is not a dispatch task message this worker can run."""
 
 
@@ -142,7 +142,7 @@ class Taken:
             return cls(tag, tag, None, raw=raw, problem=problem)
         try:
             return cls._parse(envelope, raw, tag, task_id)
-        except Unreadable as exc:
+        except _Unreadable as exc:
             return cls(tag, task_id, None, raw=raw, problem=str(exc), envelope=envelope)
 
     @classmethod
@@ -156,27 +156,27 @@ class Taken:
                 body = body.decode(envelope.get("content-encoding") or "utf-8")
             decoded = json.loads(body)
         except (ValueError, TypeError, LookupError) as exc:
-            raise Unreadable(
+            raise _Unreadable(
                 f"a body that cannot be decoded: {type(exc).__name__}: {exc}"
             ) from None
         if not (isinstance(decoded, list) and len(decoded) in (2, 3)):
-            raise Unreadable("a body that is not [args, kwargs, embed]")
+            raise _Unreadable("a body that is not [args, kwargs, embed]")
         args, kwargs = decoded[0], decoded[1]
         embed = decoded[2] if len(decoded) == 3 else {}
         if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise Unreadable("a body whose args are not a list or kwargs not an object")
+            raise _Unreadable("a body whose args are not a list or kwargs not an object")
         try:
             message, only = _dispatch_arguments(*args, **kwargs)
         except TypeError:
-            raise Unreadable(
+            raise _Unreadable(
                 f"dispatch takes a message and only=, not args {args!r} and kwargs {kwargs!r}"
             ) from None
         if only is not None and not (
             isinstance(only, list) and all(isinstance(name, str) for name in only)
         ):
-            raise Unreadable(f"only={only!r} is not a list of listener names")
+            raise _Unreadable(f"only={only!r} is not a list of listener names")
         if isinstance(embed, Mapping) and any(embed.get(key) for key in _EMBED_KEYS):
-            raise Unreadable("a task message with callbacks, a chain or a chord")
+            raise _Unreadable("a task message with callbacks, a chain or a chord")
         retries = headers.get("retries") or 0
         info = properties.get("delivery_info") or {}
         return cls(
@@ -294,7 +294,7 @@ class Taker:
         with self._lock:
             return frozenset(self._held)
 
-    def refresh(self) -> None:
+    def _refresh(self) -> None:
         """Score every held message with the time now (only those still unacknowledged)."""
         tags = self.held
         if tags:
@@ -304,7 +304,7 @@ class Taker:
         while True:
             time.sleep(self.visibility_timeout / 3)
             try:
-                self.refresh()
+                self._refresh()
             except (redis.RedisError, OSError):
                 logger.warning("could not refresh the dispatch messages this process took")
 

@@ -13,6 +13,7 @@ import pytest
 from celery import Celery
 
 from notifier.message import DISPATCH_TASK, encode
+from notifier.message import decode as real_decode
 from notifier.publisher import task_message
 from tasks.batches import Delivery
 from tasks.dead_letters import DeadLetters
@@ -182,7 +183,7 @@ def test_a_refresh_keeps_only_what_is_still_unacknowledged_visible(client):
     client.zadd("unacked_index", {kept.tag: 1.0})
     client.zrem("unacked_index", acked.tag)
 
-    taker.refresh()
+    taker._refresh()  # what its thread does every third of the visibility timeout
 
     assert client.zscore("unacked_index", kept.tag) > 1.0
     assert client.zscore("unacked_index", acked.tag) is None
@@ -478,3 +479,20 @@ def test_a_plain_redis_broker_has_a_taker_with_the_transport_s_options():
 
     assert taker.visibility_timeout == 7
     assert taker.client.connection_pool.connection_kwargs["socket_timeout"] == 3
+
+
+def test_dispatch_decodes_each_message_once(monkeypatch, client, taker, registry, dead_letters):
+    registry.listener("article", name="search.index")(ignore)
+    registry.listener("article", name="mail.new_article")(ignore)
+    decoded = []
+
+    def decode(data):
+        decoded.append(data)
+        return real_decode(data)
+
+    for module in ("tasks.dispatch", "tasks.inline"):
+        monkeypatch.setattr(f"{module}.decode", decode)
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+
+    assert sorted(run.handle(Delivery(message()))) == ["mail.new_article", "search.index"]
+    assert len(decoded) == 1
