@@ -42,6 +42,8 @@ _HEADERS: dict[str, object] = {
 # The body's third element: no callbacks, errbacks, chain or chord.
 _EMBED: dict[str, object] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _ORIGIN = anon_nodename()  # what Celery's client names itself: gen<pid>@<host>
+# The parts of the envelope that never change, encoded once: a message encodes only its own.
+_SAME_HEADERS = json.dumps({**_HEADERS, "origin": _ORIGIN})[1:-1]
 
 
 def task_message(task: str, task_id: str, args: list[object], queue: str) -> str:
@@ -54,27 +56,20 @@ def task_message(task: str, task_id: str, args: list[object], queue: str) -> str
     ``argsrepr`` names the message instead of repeating it (a worker's log shows it).
     """
     body = json.dumps([args, {}, _EMBED], separators=(",", ":"))
-    headers = {
-        **_HEADERS,
-        "task": task,
-        "id": task_id,
-        "root_id": task_id,
-        "argsrepr": _argsrepr(args),
-        "origin": _ORIGIN,
-    }
-    properties = {
-        "correlation_id": task_id,
-        "reply_to": "",
-        "delivery_mode": 2,
-        "delivery_info": {"exchange": "", "routing_key": queue},
-        "priority": 0,
-        "delivery_tag": uuid.uuid4().hex,
-    }
+    task_id = json.dumps(task_id)
+    headers = (
+        f'{{{_SAME_HEADERS}, "task": {json.dumps(task)}, "id": {task_id}, '
+        f'"root_id": {task_id}, "argsrepr": {json.dumps(_argsrepr(args))}}}'
+    )
+    properties = (
+        f'{{"correlation_id": {task_id}, "reply_to": "", "delivery_mode": 2, '
+        f'"delivery_info": {{"exchange": "", "routing_key": {json.dumps(queue)}}}, '
+        f'"priority": 0, "delivery_tag": "{uuid.uuid4().hex}"}}'
+    )
     # The body, the largest part, is encoded once and escaped once (not parsed again).
     return (
         f'{{"body":{json.dumps(body)},"content-encoding":"utf-8",'
-        f'"content-type":"application/json","headers":{json.dumps(headers)},'
-        f'"properties":{json.dumps(properties)}}}'
+        f'"content-type":"application/json","headers":{headers},"properties":{properties}}}'
     )
 
 

@@ -115,7 +115,9 @@ def _request_id(environ: dict[str, Any] | None) -> str:
     """The id shared by every message of one request, made once per request."""
     if environ is None:
         return uuid4().hex
-    return environ.setdefault("notifier.request_id", uuid4().hex)  # type: ignore[no-any-return]
+    if "notifier.request_id" not in environ:
+        environ["notifier.request_id"] = uuid4().hex
+    return environ["notifier.request_id"]  # type: ignore[no-any-return]
 
 
 def _positions(event: Any, environ: dict[str, Any] | None, count: int) -> list[int]:
