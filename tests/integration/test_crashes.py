@@ -19,13 +19,6 @@ VISIBILITY_TIMEOUT = 6  # seconds: short, so that the tests are too
 
 
 @pytest.fixture
-def broker(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def start_worker(broker, tmp_path):
     started = []
 

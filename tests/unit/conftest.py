@@ -1,9 +1,13 @@
-"""What the unit tests share: the golden Kinto events, and an environment without notifier's."""
+"""What the unit tests share: the golden Kinto events, an environment without notifier's, and
+a fake Redis (which runs Lua scripts) with dispatch's taker on it."""
 
 import json
 from pathlib import Path
 
+import fakeredis
 import pytest
+
+from tasks.taking import Taker
 
 KINTO_EVENTS = Path(__file__).parent.parent / "fixtures" / "kinto-26-events.jsonl"
 
@@ -22,3 +26,17 @@ def no_notifier_environ(monkeypatch, tmp_path):
     monkeypatch.setenv("NOTIFIER_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     monkeypatch.delenv("NOTIFIER_ROUTES", raising=False)
+
+
+@pytest.fixture
+def client():
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def taker(client):
+    """Dispatch's taker, on the fake Redis, without the thread that keeps taken messages
+    visible."""
+    taker = Taker(client, visibility_timeout=30)
+    taker.hold = lambda tags: None
+    return taker

@@ -16,7 +16,6 @@ from tasks.batches import batch_task_id, run_batch
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch import DispatchRun, fan_out
 from tasks.registry import Registry
-from tasks.taking import Taker
 
 QUEUE = "notifier"
 
@@ -24,18 +23,6 @@ QUEUE = "notifier"
 @pytest.fixture
 def registry():
     return Registry(Celery("batch-tests", broker="memory://", set_as_current=False))
-
-
-@pytest.fixture
-def client():
-    return fakeredis.FakeRedis()
-
-
-@pytest.fixture
-def taker(client):
-    taker = Taker(client, visibility_timeout=30)
-    taker.hold = lambda tags: None
-    return taker
 
 
 @pytest.fixture

@@ -23,18 +23,6 @@ from tasks.taking import Taken, Taker, taker_of
 QUEUE = "notifier"
 
 
-@pytest.fixture
-def client():
-    return fakeredis.FakeRedis()
-
-
-@pytest.fixture
-def taker(client):
-    taker = Taker(client, visibility_timeout=30)
-    taker.hold = lambda tags: None  # no refreshing thread in unit tests
-    return taker
-
-
 def message(resource_name="article", number=0):
     payload = {"resource_name": resource_name, "action": "create", "uri": f"/{resource_name}s"}
     return json.loads(
