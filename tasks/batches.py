@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from celery import Task, current_task
 from celery.utils.time import get_exponential_backoff_interval
@@ -47,7 +47,7 @@ __all__ = [
     "batch_task_id",
     "check_batch",
     "listener_task_id",
-    "make_batch_task",
+    "batch_runner",
 ]
 
 logger = logging.getLogger("notifier")
@@ -92,33 +92,22 @@ def batch_task_id(task_ids: list[str], listener_name: str) -> str:
     return listener_task_id(f"{task_ids[0]}+{len(task_ids)}", listener_name)
 
 
-def make_batch_task(
-    registry: Registry,
-    function: Callable[[list[Event]], Any],
-    name: str,
-    options: dict[str, Any],
-) -> Task[Any, Any]:
-    """The Celery task of the batch listener ``function``: it takes a list of messages (or one
-    message: a batch of one) and calls ``function`` with their events."""
+def batch_runner(
+    registry: Registry, function: Callable[[list[Event]], Any], name: str
+) -> Callable[[Any], Any]:
+    """The body of the Celery task of the batch listener ``function``: it takes a list of
+    messages (or one message: a batch of one) and calls ``function`` with their events."""
     if isinstance(function, Task):
         raise ListenerError(
             f"{function.name} is a Celery task: batch= takes a plain function, which receives a "
             "list of events (give @listener its Celery options instead)"
-        )
-    if name in registry.app.tasks:
-        raise ListenerError(
-            f"a Celery task named {name!r} exists already: give the listener another "
-            f"name with @listener(..., name='...')"
         )
 
     @functools.wraps(function)
     def run(messages: Any) -> Any:
         return run_batch(registry, name, messages, function)
 
-    task_decorator = cast(
-        Callable[..., Callable[[Callable[..., Any]], Task[Any, Any]]], registry.app.task
-    )
-    return task_decorator(name=name, shared=False, **options)(run)
+    return run
 
 
 def run_batch(

@@ -95,11 +95,7 @@ def fan_out(
             letter = dead_letters.add(exc.reason, data, queue=queue)
             logger.error("malformed message kept as dead letter %s: %s", letter.id, exc.reason)
             return []
-        wanted = [
-            listener
-            for listener in registry.matching(message)
-            if only is None or listener.name in only
-        ]
+        wanted = registry.matching(message, only)
     sent: list[str] = []
     not_sent: list[str] = []
     written = [
@@ -232,16 +228,14 @@ class DispatchRun:
             message = decode(data)
         except MalformedMessage:
             return fan_out(data, self.registry, self.dead_letters, only, queue=self.queue)
-        wanted = [
-            listener
-            for listener in self.registry.matching(message)
-            if only is None or listener.name in only
-        ]
-        in_batches = [listener.name for listener in wanted if listener.batch is not None]
+        wanted = self.registry.matching(message, only)
+        listeners, in_batches = [], []
         for listener in wanted:
-            if listener.batch is not None:
+            if listener.batch is None:
+                listeners.append(listener)
+            else:
                 self.batches.add(listener, delivery, data, message.task_id)
-        listeners = [listener for listener in wanted if listener.batch is None]
+                in_batches.append(listener.name)
         alone = [listener.name for listener in listeners]
         if not alone:
             return in_batches

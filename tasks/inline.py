@@ -100,9 +100,7 @@ def run_alone(
             return None  # fan_out keeps it as a dead letter
         # Batch listeners have tasks of their own whatever else wants the message.
         matching = [
-            listener
-            for listener in registry.matching(message)
-            if (only is None or listener.name in only) and listener.batch is None
+            listener for listener in registry.matching(message, only) if listener.batch is None
         ]
     if len(matching) != 1 or not runs_in_dispatch(matching[0]):
         return None

@@ -11,7 +11,7 @@ import functools
 import logging
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast, overload
 
@@ -20,7 +20,7 @@ from celery import Celery, Task, current_task
 from notifier.errors import ListenerError, ObjectsBusy
 from notifier.events import ACTIONS
 from notifier.message import Message, decode
-from tasks.batches import check_batch, make_batch_task
+from tasks.batches import batch_runner, check_batch
 from tasks.event import Event
 from tasks.ordering import OrderGuard
 
@@ -145,9 +145,14 @@ class Registry:
     def __getitem__(self, name: str) -> Listener:
         return self._listeners[name]
 
-    def matching(self, message: Message) -> list[Listener]:
-        """The listeners that want ``message``, in the order they were registered."""
-        return [listener for listener in self._listeners.values() if listener.wants(message)]
+    def matching(self, message: Message, only: Collection[str] | None = None) -> list[Listener]:
+        """The listeners that want ``message`` (of those named in ``only``, when given), in the
+        order they were registered."""
+        return [
+            listener
+            for listener in self._listeners.values()
+            if (only is None or listener.name in only) and listener.wants(message)
+        ]
 
     @overload
     def listener(self, function: F, /) -> F: ...
@@ -230,11 +235,18 @@ class Registry:
                     f"another name with @listener(..., name='...')"
                 )
             if batch_size is not None:
-                task = make_batch_task(self, function, listener_name, {**RETRIES, **task_options})
+                task = self._make_task(
+                    listener_name, batch_runner(self, function, listener_name), task_options
+                )
             elif isinstance(function, Task):
                 task = self._adopt_task(function, listener_name, task_options)
             else:
-                task = self._make_task(function, listener_name, task_options)
+
+                @functools.wraps(function)
+                def run(message: Event | Mapping[str, Any]) -> Any:
+                    return self._run(listener_name, message, function)
+
+                task = self._make_task(listener_name, run, task_options)
             listener_queue = (
                 queue or getattr(task, "queue", None) or LISTENER_QUEUE.format(name=listener_name)
             )
@@ -255,18 +267,14 @@ class Registry:
         return register
 
     def _make_task(
-        self, function: Callable[..., Any], task_name: str, options: dict[str, Any]
+        self, task_name: str, run: Callable[..., Any], options: dict[str, Any]
     ) -> Task[Any, Any]:
+        # The Celery task of a plain-function listener, ``run`` its body.
         if task_name in self.app.tasks:
             raise ListenerError(
                 f"a Celery task named {task_name!r} exists already: give the listener another "
                 f"name with @listener(..., name='...')"
             )
-
-        @functools.wraps(function)
-        def run(message: Event | Mapping[str, Any]) -> Any:
-            return self._run(task_name, message, function)
-
         # Typed by hand: celery-types cannot tell which overload of app.task **options picks.
         task_decorator = cast(
             Callable[..., Callable[[Callable[..., Any]], Task[Any, Any]]], self.app.task

@@ -203,7 +203,7 @@ class SearchIndex:
             f"DELETE FROM records WHERE {where} AND (last_modified IS NULL OR last_modified <= ?)",
             [*(str(value) for value in scope.values()), version],
         )
-        connection.execute(_DROP, (canonical(sorted(scope.items())), version))
+        connection.execute(_DROP, (canonical(scope.items()), version))
 
     def reindex(
         self,
