@@ -89,6 +89,17 @@ class Process:
         if not self._log_file.closed:
             self._log_file.close()
 
+    def kill(self) -> None:
+        """SIGKILL the process and its children at once, as a lost machine would (the crash
+        tests; needs psutil, of the test dependency group)."""
+        import psutil
+
+        process = psutil.Process(self.pid)
+        for child in process.children(recursive=True):
+            child.send_signal(signal.SIGKILL)
+        process.send_signal(signal.SIGKILL)
+        self.popen.wait()
+
     def check_alive(self) -> None:
         if not self.alive():
             raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.output()}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -33,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import redis
 
 from examples.processes import CeleryWorker, RedisServer, WebApp
@@ -279,14 +277,6 @@ def quiet(client: redis.Redis) -> bool:
     return client.hlen("unacked") == 0 and all(client.llen(key) == 0 for key in queues)
 
 
-def kill_worker(worker: CeleryWorker) -> None:
-    """SIGKILL a worker and its pool processes at once, as a lost machine would."""
-    processes = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
-    for process in processes:
-        process.send_signal(signal.SIGKILL)
-    worker.popen.wait()
-
-
 def run(
     directory: Path,
     *,
@@ -334,7 +324,7 @@ def run(
         for n in range(operations):
             if n in kill_at:
                 victim = pool.pop(writer.random.randrange(len(pool)))
-                kill_worker(victim)
+                victim.kill()
                 report.workers_killed += 1
                 say(f"operation {n}: killed {victim.name} (pid {victim.pid}), starting another")
                 start_worker()

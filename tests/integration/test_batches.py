@@ -4,9 +4,7 @@ lists, and a worker killed (SIGKILL) while it holds taken messages or a batch lo
 from __future__ import annotations
 
 import json
-import signal
 
-import psutil
 import pytest
 import redis
 
@@ -67,14 +65,6 @@ def events_in(client: redis.Redis, key: str) -> set[str]:
     return {event_id for run in runs(client, key) for event_id in run}
 
 
-def kill_with_its_children(worker: CeleryWorker) -> None:
-    process = psutil.Process(worker.pid)
-    for child in process.children(recursive=True):
-        child.send_signal(signal.SIGKILL)
-    process.send_signal(signal.SIGKILL)
-    worker.popen.wait()
-
-
 def test_a_batch_listener_receives_the_queued_events_in_lists_in_their_order(
     broker, client, start_worker
 ):
@@ -99,7 +89,7 @@ def test_a_worker_killed_while_its_batch_runs_loses_no_event(broker, client, sta
     wait_until(lambda: runs(client, "batches:started"), 30, "the batch started")
     assert len(runs(client, "batches:started")[0]) == 10  # one batch: dispatch took them all
 
-    kill_with_its_children(first)
+    first.kill()
     client.delete("batches:slow")
     start_worker("second")
 
@@ -120,7 +110,7 @@ def test_a_worker_killed_while_it_holds_messages_it_took_loses_none(broker, clie
     assert client.llen("notifier") == 0
     assert client.hlen("unacked") >= 4
 
-    kill_with_its_children(first)
+    first.kill()
     start_worker("second")
 
     wait_until(

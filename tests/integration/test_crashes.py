@@ -3,10 +3,8 @@ that kills its worker every time stops after a bounded number of attempts, in de
 
 from __future__ import annotations
 
-import signal
 import time
 
-import psutil
 import pytest
 import redis
 
@@ -47,14 +45,6 @@ def publish_job(broker: RedisServer, action: str, **payload: object) -> str:
     return message.event_id
 
 
-def kill_with_its_children(worker: CeleryWorker) -> None:
-    process = psutil.Process(worker.pid)
-    for child in process.children(recursive=True):
-        child.send_signal(signal.SIGKILL)
-    process.send_signal(signal.SIGKILL)
-    worker.popen.wait()
-
-
 def test_a_listener_whose_worker_is_killed_runs_again_on_another_worker_within_seconds(
     broker, start_worker
 ):
@@ -63,7 +53,7 @@ def test_a_listener_whose_worker_is_killed_runs_again_on_another_worker_within_s
     event_id = publish_job(broker, "create", seconds=2)
     wait_until(lambda: client.llen(f"crash:started:{event_id}") == 1, 20, "the listener started")
 
-    kill_with_its_children(first)
+    first.kill()
     killed_at = time.monotonic()
     start_worker("second")
 
