@@ -12,6 +12,7 @@ __all__ = [
     "MalformedMessage",
     "NotifierError",
     "ObjectsBusy",
+    "SpoolFull",
 ]
 
 
@@ -58,3 +59,8 @@ class ListenersNotSent(NotifierError):
 class ObjectsBusy(NotifierError):
     """Raised when other runs of an ordered listener hold an event's objects for longer than
     the guard waits."""
+
+
+class SpoolFull(NotifierError):
+    """Raised by ``Spool.keep`` when neither the disk nor memory can hold a message: it is
+    lost."""
