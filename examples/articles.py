@@ -27,6 +27,12 @@ milliseconds and ticks at least once per change, so that versions follow the com
 which goes on after a failed request): if one fails, the batch answers with that request's
 status, and nothing is stored or published.
 
+With ``notifier.outbox = true`` (on in ``settings_from_environ`` and ``examples/articles.ini``;
+``make_app`` leaves it to its settings), the messages of a write commit in its transaction, in
+the ``notifier_outbox`` table of the app's database, which the app creates at start-up with its
+own tables (another app would run ``notifier-outbox create --url URL`` once): a web process
+killed after a commit loses no message, and one the broker did not take waits there.
+
 Run it with ``python -m examples.articles --port 6543`` (settings from the environment, see
 ``settings_from_environ``), or from an ini file:
 ``python -m pyramid.scripts.pserve examples/articles.ini``.
@@ -50,6 +56,7 @@ from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPBadRequest, HTTPConflict, HTTPException, HTTPNotFound
 from pyramid.request import Request
 from pyramid.response import Response
+from pyramid.settings import asbool
 from pyramid.view import view_config
 from sqlalchemy import (
     BigInteger,
@@ -65,6 +72,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from notifier.outbox import create_table
 
 # An article outside any blog (``/articles``) is stored with this blog id, never shown.
 NO_BLOG = ""
@@ -371,7 +380,8 @@ def conflict(exc: IntegrityError, request: Request) -> dict[str, Any]:
     return {"error": "an article with this id exists already"}
 
 
-def _create_tables(engine: Engine) -> None:
+def _create_tables(engine: Engine, *, outbox: bool) -> None:
+    """The app's tables, and with ``outbox`` notifier's outbox table beside them."""
     with engine.begin() as connection:
         schema = inspect(connection)
         if schema.has_table("articles") and "blog_id" not in {
@@ -390,16 +400,21 @@ def _create_tables(engine: Engine) -> None:
             connection.execute(text("DROP TABLE articles_before_blogs"))
         Base.metadata.create_all(connection)
         connection.execute(text("INSERT OR IGNORE INTO clock (id, value) VALUES (1, 0)"))
+    if outbox:
+        # What `notifier-outbox create` does. In the app's own database: notifier's default.
+        create_table(engine.url.render_as_string(hide_password=False))
 
 
 def make_app(settings: dict[str, Any]) -> Any:
-    """The WSGI app. Settings: ``sqlalchemy.url``, ``search.index`` and ``notifier.*``."""
+    """The WSGI app. Settings: ``sqlalchemy.url``, ``search.index`` and ``notifier.*``
+    (``notifier.outbox = true``: the outbox, in the app's database)."""
     settings = {"tm.manager_hook": "pyramid_tm.explicit_manager", **settings}
+    engine = engine_from_config(settings, "sqlalchemy.")
+    # Before notifier's include, which checks that the outbox table is there.
+    _create_tables(engine, outbox=asbool(settings.get("notifier.outbox", False)))
     with Configurator(settings=settings) as config:
         config.include("pyramid_tm")
         config.include("notifier")
-        engine = engine_from_config(settings, "sqlalchemy.")
-        _create_tables(engine)
         factory = sessionmaker(bind=engine)
 
         def dbsession(request: Request) -> Session:
@@ -429,7 +444,8 @@ def main(global_config: dict[str, Any], **settings: Any) -> Any:
 
 
 def settings_from_environ(directory: str = ".") -> dict[str, str]:
-    """Settings for a run from the command line; notifier reads its own from the environment."""
+    """Settings for a run from the command line, with the outbox (``NOTIFIER_OUTBOX=false``:
+    without, the spool); notifier reads the others from the environment."""
     return {
         "sqlalchemy.url": os.environ.get(
             "ARTICLES_DATABASE_URL", f"sqlite:///{directory}/articles.sqlite3"
@@ -437,6 +453,7 @@ def settings_from_environ(directory: str = ".") -> dict[str, str]:
         "search.index": os.environ.get(
             "NOTIFIER_SEARCH_INDEX", f"{directory}/search-index.sqlite3"
         ),
+        "notifier.outbox": os.environ.get("NOTIFIER_OUTBOX", "true"),
     }
 
 

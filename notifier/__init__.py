@@ -40,13 +40,10 @@ def includeme(config: Configurator) -> None:
     # Imported here, not at the top: the worker side imports notifier.message and
     # notifier.routing, and must not import Pyramid through this module.
     from notifier.errors import ConfigurationError
-    from notifier.listeners import include_listeners, kinto_celery_listeners
-    from notifier.listeners.celery import Listener
-    from notifier.publisher import CeleryPublisher
+    from notifier.listeners import change_events, include_listeners, kinto_celery_listeners
+    from notifier.listeners.celery import Listener, build_subscriber
     from notifier.request import notify_resource_changed
     from notifier.settings import DEFAULTS, Options, parse_settings
-    from notifier.spool import Spool
-    from notifier.subscriber import Subscriber
 
     config.add_request_method(notify_resource_changed, "notify_resource_changed")
     settings = config.get_settings()
@@ -73,10 +70,8 @@ def includeme(config: Configurator) -> None:
             f"kinto.includes = notifier or a notifier.listeners.celery event listener "
             f"({', '.join(in_kinto)}), not both: each would publish every event",
         )
-    publisher = CeleryPublisher(publishing.broker_url, publishing.publish_timeout)
-    spool = Spool(publishing.spool_dir, publisher.publish, publishing.spool_retry)
-    spool.start()  # what processes that are gone left behind
+    subscriber = build_subscriber(config, publishing, "notifier")
     config.registry["notifier.settings"] = publishing
-    config.registry["notifier.publisher"] = publisher
-    # notifier's AfterResourceChanged, and Kinto's with kinto.includes = notifier.
-    Listener(Subscriber(publishing, publisher, spool)).subscribe(config, "notifier.")
+    config.registry["notifier.publisher"] = subscriber.publisher
+    # notifier's ResourceChanged, and Kinto's with kinto.includes = notifier.
+    Listener(subscriber).subscribe(config, "notifier.", change_events())

@@ -12,6 +12,7 @@ __all__ = [
     "MalformedMessage",
     "NotifierError",
     "ObjectsBusy",
+    "OutboxError",
     "SpoolFull",
 ]
 
@@ -59,6 +60,11 @@ class ListenersNotSent(NotifierError):
 class ObjectsBusy(NotifierError):
     """Raised when other runs of an ordered listener hold an event's objects for longer than
     the guard waits."""
+
+
+class OutboxError(NotifierError):
+    """Raised inside a transaction when its messages cannot be written to the outbox: the
+    transaction must not commit its changes without them."""
 
 
 class SpoolFull(NotifierError):

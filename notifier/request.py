@@ -25,12 +25,20 @@ if TYPE_CHECKING:
     from pyramid.request import Request
     from pyramid.response import Response
 
-__all__ = ["give_up", "gave_up", "notify_resource_changed", "outermost", "shared_environ"]
+__all__ = [
+    "current_transaction",
+    "give_up",
+    "gave_up",
+    "notify_resource_changed",
+    "outermost",
+    "shared_environ",
+]
 
 logger = logging.getLogger("notifier")
 
 _BUFFER = "notifier.events"
 _GAVE_UP = "notifier.gave_up"
+_COMMITTING = "notifier.committing"
 
 
 def notify_resource_changed(
@@ -95,7 +103,7 @@ def _buffer(request: Request) -> EventBuffer:
     buffer = EventBuffer(first_position=current[1].end if current else 0)
     request.environ[_BUFFER] = (transaction, buffer)
     if transaction is not None:
-        transaction.addBeforeCommitHook(_before_commit, (request, buffer))
+        transaction.addBeforeCommitHook(_before_commit, (request, buffer, transaction))
         transaction.addAfterCommitHook(_after_commit, (request, buffer))
     else:
         request.add_response_callback(
@@ -104,9 +112,29 @@ def _buffer(request: Request) -> EventBuffer:
     return buffer
 
 
-def _before_commit(request: Request, buffer: EventBuffer) -> None:
-    for event in buffer.events(ResourceChanged, request):
-        request.registry.notify(event)
+def _before_commit(request: Request, buffer: EventBuffer, transaction: Any = None) -> None:
+    # pyramid_tm no longer says which transaction is active while it commits: the subscribers
+    # of ResourceChanged learn it from current_transaction().
+    request.environ[_COMMITTING] = transaction
+    try:
+        for event in buffer.events(ResourceChanged, request):
+            request.registry.notify(event)
+    finally:
+        del request.environ[_COMMITTING]
+
+
+def current_transaction(request: Any) -> Any:
+    """The transaction that ``request``'s changes belong to now (the one that notified its
+    ``ResourceChanged`` while it commits), or ``None`` without a transaction manager."""
+    if getattr(request, "environ", None) is None:
+        return None
+    top = outermost(request)
+    committing = top.environ.get(_COMMITTING)
+    if committing is not None:
+        return committing
+    if top.environ.get("tm.active"):
+        return top.tm.get()
+    return None
 
 
 def _after_commit(succeeded: bool, request: Request, buffer: EventBuffer) -> None:
@@ -121,8 +149,26 @@ def _after_response(request: Request, response: Response, buffer: EventBuffer) -
     if request.exception is not None or response.status_int >= 400:
         logger.info("request failed: %d changed records not published", len(buffer))
         return
-    _before_commit(request, buffer)
+    # No transaction: the response is the commit. What waits for "the" commit runs once every
+    # subscriber of ResourceChanged has run, as it would with a transaction.
+    response_done = _ResponseDone()
+    _before_commit(request, buffer, response_done)
+    response_done.run()
     _after_commit(True, request, buffer)
+
+
+class _ResponseDone:
+    """Stands for the transaction of a request without one: collects after-commit hooks."""
+
+    def __init__(self) -> None:
+        self._hooks: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def addAfterCommitHook(self, hook: Any, args: tuple[Any, ...] = ()) -> None:
+        self._hooks.append((hook, args))
+
+    def run(self) -> None:
+        for hook, args in self._hooks:
+            hook(True, *args)
 
 
 def gave_up(request: Any, publisher: object) -> bool:

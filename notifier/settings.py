@@ -18,6 +18,7 @@ __all__ = [
     "EventFilter",
     "NotifierSettings",
     "Options",
+    "OutboxSettings",
     "environment_variable",
     "parse_bool",
     "parse_seconds",
@@ -37,6 +38,11 @@ DEFAULTS: dict[str, str | None] = {
     "spool_dir": None,  # $NOTIFIER_SPOOL_DIR, else notifier-spool in the working directory
     "spool_retry": "1",
     "max_message_size": "262144",  # bytes of records per message: a larger event comes in parts
+    "outbox": "false",  # true: messages commit with the data, in the database's outbox table
+    "outbox_url": None,  # sqlalchemy.url; in Kinto, its storage_url
+    "outbox_session": "dbsession",  # the request's SQLAlchemy session (not in Kinto)
+    "outbox_relay": "true",  # whether this process runs a relay thread
+    "outbox_relay_after": "10",  # seconds after which the relay publishes a row left behind
 }
 
 _BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "memory")
@@ -177,6 +183,18 @@ def parse_seconds(options: Options, name: str, default: str) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    """Where the outbox is, and how its relay runs (see :mod:`notifier.outbox`)."""
+
+    url: str
+    url_key: str
+    session: str  # a request attribute, or the dotted name of a function of the request
+    session_key: str
+    relay: bool
+    relay_after: float
+
+
+@dataclass(frozen=True, slots=True)
 class NotifierSettings(EventFilter):
     """The settings of a Celery publisher: ``notifier.*``, or a configured celery listener's."""
 
@@ -186,6 +204,7 @@ class NotifierSettings(EventFilter):
     spool_dir: str
     spool_retry: float
     max_message_size: int
+    outbox: OutboxSettings | None = None  # None: no outbox, the spool
 
 
 def parse_settings(
@@ -220,6 +239,7 @@ def parse_settings(
         routes_key, routes = "NOTIFIER_ROUTES", environ.get("NOTIFIER_ROUTES", "")
     routing = RoutingTable.parse(routes, key=routes_key)
 
+    outbox = _parse_outbox(options, settings)
     spool_key, spool_dir = options.get("spool_dir")
     if not spool_dir:
         spool_key = "NOTIFIER_SPOOL_DIR"
@@ -228,7 +248,7 @@ def parse_settings(
     existing = os.path.abspath(spool_dir)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+    if outbox is None and (not os.path.isdir(existing) or not os.access(existing, os.W_OK)):
         raise ConfigurationError(
             spool_key, spool_dir, "a directory this process can create or write to"
         )
@@ -243,6 +263,46 @@ def parse_settings(
         spool_dir=spool_dir,
         spool_retry=parse_seconds(options, "spool_retry", "1"),
         max_message_size=_parse_size(options, "max_message_size", "262144"),
+        outbox=outbox,
+    )
+
+
+def _parse_outbox(options: Options, settings: Mapping[str, Any]) -> OutboxSettings | None:
+    if not parse_bool(options, "outbox", "false"):
+        return None
+    in_kinto = settings.get("settings_prefix") == "kinto"
+    url_key, url = options.get("outbox_url")
+    if not url:
+        # The database of the data: Kinto's storage (its settings lose their "kinto." prefix),
+        # or the engine of Pyramid's SQLAlchemy starter.
+        url_key = "kinto.storage_url" if in_kinto else "sqlalchemy.url"
+        url = str(settings.get("storage_url" if in_kinto else "sqlalchemy.url") or "")
+    if not url.startswith(("postgresql", "sqlite")):
+        raise ConfigurationError(
+            url_key, url or None, "the outbox's database: a postgresql:// or sqlite:// URL"
+        )
+    session_key, session = options.get("outbox_session", "dbsession")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:]*", session):
+        raise ConfigurationError(
+            session_key,
+            session,
+            "the request attribute holding its SQLAlchemy session (dbsession), or the dotted "
+            "name of a function of the request that returns it",
+        )
+    relay_after_key, relay_after = options.get("outbox_relay_after", "10")
+    try:
+        seconds = float(relay_after)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise ConfigurationError(relay_after_key, relay_after, "a number of seconds in (0, 3600]")
+    return OutboxSettings(
+        url=url,
+        url_key=url_key,
+        session=session,
+        session_key=session_key,
+        relay=parse_bool(options, "outbox_relay", "true"),
+        relay_after=seconds,
     )
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import uuid4
 
 from notifier.events import impacted_records_of
@@ -12,7 +13,10 @@ from notifier.request import gave_up, give_up, shared_environ
 from notifier.settings import NotifierSettings
 from notifier.spool import Spool
 
-__all__ = ["Publisher", "Subscriber"]
+if TYPE_CHECKING:
+    from notifier.outbox import Outbox
+
+__all__ = ["Backlog", "Outgoing", "Publisher", "Subscriber"]
 
 logger = logging.getLogger("notifier")
 
@@ -23,31 +27,63 @@ class Publisher(Protocol):
     def publish(self, message: Message, queue: str) -> None: ...
 
 
+class Backlog(Protocol):
+    """Where a message the broker did not take waits: the spool, or the outbox."""
+
+    def holds_messages(self) -> bool: ...
+
+    def keep(self, message: Message, queue: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message on its way to its queue, and what the logs call it."""
+
+    message: Message
+    queue: str
+    identity: str
+
+
 class Subscriber:
-    """Called by Pyramid with each ``AfterResourceChanged`` event, notifier's or Kinto's.
+    """Publishes each committed ``AfterResourceChanged`` event, notifier's or Kinto's.
 
     It filters the event with its settings' actions and resources, serialises it, chooses its
-    queue from the routing table and publishes it. A message the broker does not take is kept
-    in the spool, which publishes it later; while the spool holds messages, new ones queue
+    queue from the routing table (:meth:`prepare`) and publishes it (:meth:`publish`). A
+    message the broker does not take waits in the backlog (the spool, or the outbox with
+    ``outbox``), which publishes it later; while the backlog holds messages, new ones queue
     behind them. It never raises: the transaction is already committed, and a broker error
     must not fail the request.
+
+    With an outbox, :meth:`prepare` runs inside the transaction, whose commit then carries the
+    messages (:meth:`keep_in_outbox`), and :meth:`publish` runs after it.
     """
 
     def __init__(
-        self, settings: NotifierSettings, publisher: Publisher, spool: Spool | None = None
+        self,
+        settings: NotifierSettings,
+        publisher: Publisher,
+        spool: Spool | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.spool = spool
+        self.outbox = outbox
+        self.backlog: Backlog | None = outbox if outbox is not None else spool
 
     def __call__(self, event: Any) -> None:
+        self.publish(self.prepare(event), event.request)
+
+    def prepare(self, event: Any) -> list[Outgoing]:
+        """The messages of ``event`` (several when it is too large for one), each with its
+        queue; none when the settings leave the event out or it cannot be serialised."""
         resource_name = event.payload.get("resource_name")
         action = event.payload.get("action")
         if not isinstance(resource_name, str) or not isinstance(action, str):
             logger.error("event not published: no resource_name and action in %r", event.payload)
-            return
+            return []
         if not self.settings.wants(resource_name, action):
-            return
+            return []
         impacted_records = impacted_records_of(event)
         event_id = uuid4().hex
         queue = self.settings.routing.queue_for(resource_name, action)
@@ -67,18 +103,33 @@ class Subscriber:
         except Exception:
             # The boundary that must not fail: log with the event's identity, never raise.
             logger.exception("could not publish %s: it cannot be serialised", identity)
-            return
+            return []
         # An event too large for one message goes as parts, each published or kept in order.
-        for part in split(message, self.settings.max_message_size):
-            self._publish(part, queue, event.request, identity)
+        parts = split(message, self.settings.max_message_size)
+        if len(parts) == 1:
+            return [Outgoing(message, queue, identity)]
+        return [
+            Outgoing(part, queue, f"{identity}, part {part.part + 1} of {part.parts}")
+            for part in parts
+        ]
+
+    def keep_in_outbox(self, outgoing: list[Outgoing], request: Any) -> None:
+        """Write ``outgoing`` into the outbox, in the transaction of ``request``: they commit or
+        roll back with its changes. Raise :class:`~notifier.errors.OutboxError` when they
+        cannot be written: the changes must not commit without them."""
+        if self.outbox is not None and outgoing:
+            self.outbox.write(request, [(item.message, item.queue) for item in outgoing])
+
+    def publish(self, outgoing: list[Outgoing], request: Any) -> None:
+        """Publish ``outgoing``, in order; what the broker does not take waits in the backlog."""
+        for item in outgoing:
+            self._publish(item.message, item.queue, request, item.identity)
 
     def _publish(self, message: Message, queue: str, request: Any, identity: str) -> None:
-        if message.parts > 1:
-            identity = f"{identity}, part {message.part + 1} of {message.parts}"
         if gave_up(request, self):
             self._keep(message, queue, f"{identity}: the broker failed earlier in this request")
             return
-        if self.spool is not None and self._spool_holds_messages():
+        if self.backlog is not None and self._spool_holds_messages():
             self._keep(message, queue, f"{identity}: behind messages the broker did not take")
             return
         try:
@@ -86,25 +137,31 @@ class Subscriber:
         except Exception:
             logger.exception("could not publish %s", identity)
             give_up(request, self)
-            if self.spool is not None:
+            if self.backlog is not None:
                 self._keep(message, queue, identity)
         else:
             logger.debug("published %s", identity)
+            if self.outbox is not None:
+                self.outbox.published(message)
 
     def _spool_holds_messages(self) -> bool:
-        assert self.spool is not None
+        assert self.backlog is not None
         try:
-            return self.spool.holds_messages()
+            return self.backlog.holds_messages()
         except Exception:  # a spool that cannot be read: keep the message behind, to be safe
             logger.exception("could not read the spool")
             return True
 
     def _keep(self, message: Message, queue: str, identity: str) -> None:
-        if self.spool is None:
+        if self.backlog is None:
             logger.error("could not publish %s", identity)
             return
+        if self.outbox is not None:
+            self.outbox.keep(message, queue)  # the row is there: the relay publishes it
+            logger.warning("left %s in the outbox, for its relay to publish", identity)
+            return
         try:
-            self.spool.keep(message, queue)
+            self.backlog.keep(message, queue)
         except Exception:
             logger.exception("could not publish %s, nor keep it in the spool: lost", identity)
         else:

@@ -1,5 +1,5 @@
 # Sourced by the other scripts: creates .venv (Python 3.11 or newer) and installs the project
-# (with its web extra) and the dependency group named in $1 into it, from PyPI. A later run
+# (with its web and outbox extras) and the dependency group named in $1 into it, from PyPI. A later run
 # installs again only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,6 +16,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     # Dependency groups need pip 25.1 or newer.
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=25.1"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-        --editable ".[web]" --group "$1"
+        --editable ".[web,outbox]" --group "$1"
     echo "$wanted" > "$stamp"
 fi

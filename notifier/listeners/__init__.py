@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from notifier.errors import ConfigurationError
-from notifier.events import AfterResourceChanged, ResourceChanged
+from notifier.commits import after_commit, committed_records, watch_rollbacks
+from notifier.errors import ConfigurationError, OutboxError
+from notifier.events import AfterResourceChanged, ResourceChanged, impacted_records_of
 from notifier.settings import EventFilter, Options, split_names
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ __all__ = [
     "AfterCommitListener",
     "ListenerBase",
     "after_commit_events",
+    "change_events",
     "env_prefix",
     "include_listeners",
     "kinto_celery_listeners",
@@ -67,37 +70,92 @@ def after_commit_events() -> tuple[type, ...]:
     return (AfterResourceChanged, kinto.AfterResourceChanged, kinto.AfterResourceRead)
 
 
+@functools.cache
+def change_events() -> tuple[type, ...]:
+    """The event classes notified inside the transaction that made the change: notifier's,
+    and Kinto's (changes, and reads) where Kinto is installed."""
+    try:
+        from kinto.core import events as kinto
+    except ImportError:
+        return (ResourceChanged,)
+    return (ResourceChanged, kinto.ResourceChanged, kinto.ResourceRead)
+
+
 class AfterCommitListener(ListenerBase):
     """A listener whose work waits for the commit.
 
     Kinto and notifier call configured listeners with ``ResourceChanged``, inside the
-    transaction. This kind of listener lets those calls pass, and does its work
-    (:meth:`after_commit`) when called with ``AfterResourceChanged``, which is notified only
-    once the transaction committed: :meth:`subscribe` asks for it. A rolled-back request, or an
-    aborted Kinto batch, reaches nothing.
+    transaction that made the change. This kind of listener prepares its work then
+    (:meth:`before_commit`, which may write in that transaction) and does it once that very
+    transaction committed (:meth:`after_commit`, with the ``AfterResourceChanged`` of the
+    change), whatever the host does with its own after-commit events: a rolled-back change, or
+    the aborted part of a Kinto batch, reaches nothing; the part of a batch that committed in a
+    later transaction does. The host's own ``AfterResourceChanged`` is ignored, so that nothing
+    is done twice.
     """
 
     #: The name the listener is configured under, for the logs.
     name = ""
 
     def __call__(self, event: Any) -> None:
-        if not isinstance(event, after_commit_events()):
+        if isinstance(event, after_commit_events()):
+            return  # done from the commit of the event's own transaction, not from the host's
+        records = impacted_records_of(event)
+        kept = committed_records(event.request, records)
+        if not kept:
             return
+        committed = _committed_event(event, records, kept)
+        work = self.before_commit(committed)
+        after_commit(event.request, functools.partial(self._after_commit, work, committed))
+
+    def before_commit(self, event: Any) -> Callable[[], None]:
+        """Called inside the transaction with the ``AfterResourceChanged`` that will be true
+        once it commits; returns what to do then. A raise fails the transaction. By default:
+        :meth:`after_commit` of the event."""
+        return functools.partial(self.after_commit, event)
+
+    def after_commit(self, event: Any) -> None:
+        raise NotImplementedError
+
+    def _after_commit(self, work: Callable[[], None], event: Any) -> None:
         try:
-            self.after_commit(event)
+            work()
         except Exception:
             # The commit is done: a listener's failure must not reach the request, nor keep
             # the other listeners from the event.
             logger.exception("listener %s failed after the commit on %r", self.name, event)
 
-    def after_commit(self, event: Any) -> None:
-        raise NotImplementedError
-
-    def subscribe(self, config: Configurator, prefix: str) -> None:
-        """Have this listener, configured under ``prefix``, called with committed events."""
+    def subscribe(self, config: Configurator, prefix: str, events: tuple[type, ...] = ()) -> None:
+        """Name this listener after ``prefix``, and have it called with ``events`` (configured
+        listeners need none: their host calls them with ``ResourceChanged``). In Kinto, also
+        watch each request's transactions for what a rollback undid."""
         self.name = listener_name(prefix)
-        for event_class in after_commit_events():
+        if config.get_settings().get("settings_prefix") == "kinto" and not config.registry.get(
+            _WATCHING
+        ):
+            from pyramid.events import NewRequest
+
+            config.registry[_WATCHING] = True
+            config.add_subscriber(watch_rollbacks, NewRequest)
+        for event_class in events:
             config.add_subscriber(self, event_class)
+
+
+_WATCHING = "notifier.watching_rollbacks"
+
+
+def _committed_event(event: Any, records: list[Any], kept: list[Any]) -> Any:
+    """The after-commit event of ``event`` (notifier's or Kinto's), with the ``kept`` records."""
+    if isinstance(event, ResourceChanged):
+        positions = event.positions
+        if len(kept) < len(records):
+            survivors = {id(record) for record in kept}
+            positions = [p for r, p in zip(records, positions, strict=True) if id(r) in survivors]
+        return AfterResourceChanged(event.payload, kept, event.request, positions=positions)
+    from kinto.core import events as kinto  # the event is Kinto's: Kinto is there
+
+    after = kinto.AfterResourceRead if isinstance(event, kinto.ResourceRead) else None
+    return (after or kinto.AfterResourceChanged)(event.payload, kept, event.request)
 
 
 def listener_name(prefix: str) -> str:
@@ -130,8 +188,9 @@ def listener_options(
 
 def include_listeners(config: Configurator, prefix: str = "notifier.") -> None:
     """Load the listeners named by ``<prefix>event_listeners``, each subscribed to
-    ``ResourceChanged`` with its own filters. One that raises is logged, never stops the
-    others and never fails the request."""
+    ``ResourceChanged`` (notifier's and Kinto's) with its own filters. One that raises is
+    logged, never stops the others and never fails the request (unless its messages could not
+    be written to the outbox: the change must not commit without them)."""
     names_key = f"{prefix}event_listeners"
     _, names = listener_options(config, prefix).get("event_listeners")
     for name in split_names(names):
@@ -154,7 +213,9 @@ def include_listeners(config: Configurator, prefix: str = "notifier.") -> None:
             ) from None
         listener = load_from_config(config, listener_prefix)
         event_filter = EventFilter.parse(listener_options(config, listener_prefix))
-        config.add_subscriber(_guarded(short_name, listener, event_filter), ResourceChanged)
+        guarded = _guarded(short_name, listener, event_filter)
+        for event_class in change_events():  # notifier's, and Kinto's with kinto.includes
+            config.add_subscriber(guarded, event_class)
 
 
 def kinto_celery_listeners(config: Configurator) -> list[str]:
@@ -176,6 +237,8 @@ def _guarded(name: str, listener: Any, event_filter: EventFilter) -> Any:
             return
         try:
             listener(event)
+        except OutboxError:
+            raise  # the change must not commit without its messages
         except Exception:
             # A configured listener must never fail the request, nor stop the others.
             logger.exception("listener %s failed on %r", name, event)

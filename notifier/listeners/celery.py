@@ -22,43 +22,64 @@ before the commit; it publishes after it.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from notifier import publisher
 from notifier.listeners import AfterCommitListener, env_prefix, listener_name
-from notifier.settings import parse_settings
+from notifier.settings import NotifierSettings, parse_settings
 from notifier.spool import Spool
 from notifier.subscriber import Subscriber
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
 
-__all__ = ["Listener", "load_from_config"]
+__all__ = ["Listener", "build_subscriber", "load_from_config"]
 
 
 class Listener(AfterCommitListener):
-    """Publishes each committed event to Celery (see :class:`notifier.subscriber.Subscriber`)."""
+    """Publishes each committed event to Celery (see :class:`notifier.subscriber.Subscriber`).
+
+    Its messages are built inside the transaction, written to the outbox there when it has one,
+    and published once that transaction committed.
+    """
 
     def __init__(self, subscriber: Subscriber) -> None:
         self.subscriber = subscriber
+
+    def before_commit(self, event: Any) -> Callable[[], None]:
+        outgoing = self.subscriber.prepare(event)
+        self.subscriber.keep_in_outbox(outgoing, event.request)
+        return functools.partial(self.subscriber.publish, outgoing, event.request)
 
     def after_commit(self, event: Any) -> None:
         self.subscriber(event)
 
 
 def load_from_config(config: Configurator, prefix: str) -> Listener:
-    """The listener configured under ``prefix``, subscribed to committed events."""
+    """The listener configured under ``prefix``; its host calls it with ``ResourceChanged``."""
     settings = parse_settings(
         config.get_settings(),
         prefix=prefix,
         env_prefix=env_prefix(config, prefix),
         others=("use",),
     )
-    celery = publisher.CeleryPublisher(settings.broker_url, settings.publish_timeout)
-    spool = Spool(
-        settings.spool_dir, celery.publish, settings.spool_retry, name=listener_name(prefix)
-    )
-    spool.start()  # what processes that are gone left behind
-    listener = Listener(Subscriber(settings, celery, spool))
+    listener = Listener(build_subscriber(config, settings, listener_name(prefix)))
     listener.subscribe(config, prefix)
     return listener
+
+
+def build_subscriber(config: Configurator, settings: NotifierSettings, name: str) -> Subscriber:
+    """The subscriber of ``settings``, with its publisher, and its outbox or spool (whose
+    background threads start now: they publish what processes that are gone left behind)."""
+    celery = publisher.CeleryPublisher(settings.broker_url, settings.publish_timeout)
+    if settings.outbox is not None:
+        from notifier.outbox import outbox_for  # SQLAlchemy: only with an outbox
+
+        return Subscriber(
+            settings, celery, outbox=outbox_for(config, settings.outbox, celery.publish)
+        )
+    spool = Spool(settings.spool_dir, celery.publish, settings.spool_retry, name=name)
+    spool.start()
+    return Subscriber(settings, celery, spool)

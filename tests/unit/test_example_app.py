@@ -2,15 +2,20 @@
 
 The publisher is the only fake, as in test_request: ``notifier.publisher.CeleryPublisher`` is
 replaced before ``includeme`` builds it, so the app's real views, SQLite database, pyramid_tm
-transactions and notifier's merging run.
+transactions and notifier's merging run. The tests marked ``WITH_AND_WITHOUT_THE_OUTBOX`` run
+twice: the outbox (``notifier.outbox = true``) changes nothing in what is published.
 """
 
+import configparser
 import sqlite3
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 from webtest import TestApp
 
-from examples.articles import make_app
+import notifier.outbox
+from examples.articles import make_app, settings_from_environ
 
 
 class RecordingPublisher:
@@ -36,15 +41,36 @@ def publisher(monkeypatch):
 
 
 @pytest.fixture
-def app(publisher, tmp_path):
-    return TestApp(
-        make_app(
-            {
-                "sqlalchemy.url": f"sqlite:///{tmp_path}/articles.sqlite3",
-                "search.index": str(tmp_path / "index.sqlite3"),
-            }
-        )
-    )
+def outboxes(monkeypatch):
+    """The outboxes of a test's apps; their relay threads stop with the test."""
+    made = []
+    real = notifier.outbox.outbox_for
+
+    def recording(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr("notifier.outbox.outbox_for", recording)
+    yield made
+    for outbox in made:
+        outbox.stop()
+        outbox.engine.dispose()
+
+
+@pytest.fixture
+def app(publisher, tmp_path, outboxes, request):
+    settings = {
+        "sqlalchemy.url": f"sqlite:///{tmp_path}/articles.sqlite3",
+        "search.index": str(tmp_path / "index.sqlite3"),
+    }
+    if getattr(request, "param", None) == "with the outbox":
+        settings["notifier.outbox"] = "true"
+    return TestApp(make_app(settings))
+
+
+WITH_AND_WITHOUT_THE_OUTBOX = pytest.mark.parametrize(
+    "app", ["without the outbox", "with the outbox"], indirect=True
+)
 
 
 def records(message, state):
@@ -68,6 +94,7 @@ def test_putting_a_new_blog_creates_it_and_publishes_a_create(app, publisher):
     assert message.impacted_records == [{"new": blog}]
 
 
+@WITH_AND_WITHOUT_THE_OUTBOX
 def test_putting_an_existing_blog_replaces_it_and_publishes_an_update(app, publisher):
     old = app.put_json("/blogs/b1", {"title": "Notes"}).json["data"]
     publisher.take()
@@ -83,6 +110,7 @@ def test_putting_an_existing_blog_replaces_it_and_publishes_an_update(app, publi
     assert message.impacted_records == [{"new": new, "old": old}]
 
 
+@WITH_AND_WITHOUT_THE_OUTBOX
 def test_deleting_a_blog_deletes_its_articles_with_one_event_for_the_blog_alone(app, publisher):
     blog = app.put_json("/blogs/b1", {"title": "Notes"}).json["data"]
     app.post_json("/blogs/b1/articles", {"id": "a1", "title": "One"})
@@ -124,6 +152,7 @@ def test_a_blog_needs_a_title(app, publisher):
 # -- articles in a blog -------------------------------------------------------------------------
 
 
+@WITH_AND_WITHOUT_THE_OUTBOX
 def test_an_article_in_a_blog_carries_the_blog_id_in_its_events(app, publisher):
     app.put_json("/blogs/b1", {"title": "Notes"})
     publisher.take()
@@ -170,6 +199,7 @@ def test_writing_an_article_into_a_missing_blog_is_not_found_and_publishes_nothi
     assert publisher.take() == []
 
 
+@WITH_AND_WITHOUT_THE_OUTBOX
 def test_an_article_id_taken_in_its_blog_is_a_conflict(app, publisher):
     app.put_json("/blogs/b1", {"title": "Notes"})
     app.post_json("/blogs/b1/articles", {"id": "a1", "title": "One"})
@@ -243,6 +273,7 @@ def test_a_batch_runs_its_requests_in_order_and_answers_each(app):
     assert [a["title"] for a in answers[2]["body"]["data"]] == ["One", "Two"]
 
 
+@WITH_AND_WITHOUT_THE_OUTBOX
 def test_a_batch_publishes_its_changes_merged_with_their_positions(app, publisher):
     app.put_json("/blogs/b1", {"title": "Notes"})
     app.post_json("/blogs/b1/articles", {"id": "x", "title": "First"})
@@ -274,6 +305,7 @@ def test_a_batch_publishes_its_changes_merged_with_their_positions(app, publishe
     assert creates.positions == [1]
 
 
+@WITH_AND_WITHOUT_THE_OUTBOX
 def test_a_batch_with_a_failing_request_stores_and_publishes_nothing(app, publisher):
     app.put_json("/blogs/b1", {"title": "Notes"})
     publisher.take()
@@ -367,3 +399,67 @@ def test_articles_of_a_database_from_before_blogs_are_kept_outside_any_blog(publ
     assert app.get("/articles/a1").json["data"]["title"] == "Old"
     updated = app.patch_json("/articles/a1", {"title": "Still there"}).json["data"]
     assert updated["last_modified"] > 1700000000000
+
+
+# -- the outbox ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("app", ["with the outbox"], indirect=True)
+def test_with_the_outbox_each_message_is_committed_in_the_database_before_it_is_published(
+    app, publisher, tmp_path, monkeypatch
+):
+    publish = publisher.publish
+    committed = []
+
+    def look_then_publish(message, queue):
+        with closing(sqlite3.connect(tmp_path / "articles.sqlite3")) as connection:
+            row = connection.execute(
+                "SELECT queue FROM notifier_outbox WHERE task_id = ?", (message.task_id,)
+            ).fetchone()
+        committed.append(row == (queue,))
+        publish(message, queue)
+
+    monkeypatch.setattr(publisher, "publish", look_then_publish)
+
+    app.put_json("/blogs/b1", {"title": "Notes"})
+    app.post_json("/batch", {"requests": [{"method": "DELETE", "path": "/blogs/b1"}]})
+
+    assert [m.action for m in publisher.take()] == ["create", "delete"]
+    assert committed == [True, True]
+
+
+def test_a_command_line_run_has_the_outbox_in_the_apps_database(
+    publisher, outboxes, tmp_path, monkeypatch
+):
+    for variable in ("ARTICLES_DATABASE_URL", "NOTIFIER_SEARCH_INDEX", "NOTIFIER_OUTBOX"):
+        monkeypatch.delenv(variable, raising=False)
+    settings = settings_from_environ(str(tmp_path))
+
+    app = TestApp(make_app(settings))
+    app.post_json("/articles", {"id": "a1", "title": "One"})
+
+    assert settings["notifier.outbox"] == "true"
+    assert [str(outbox.engine.url) for outbox in outboxes] == [settings["sqlalchemy.url"]]
+    assert [m.payload["article_id"] for m in publisher.take()] == ["a1"]
+
+
+def test_a_command_line_run_without_the_outbox_when_the_environment_says_so(
+    publisher, outboxes, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ARTICLES_DATABASE_URL", f"sqlite:///{tmp_path}/articles.sqlite3")
+    monkeypatch.setenv("NOTIFIER_OUTBOX", "false")
+
+    make_app(settings_from_environ(str(tmp_path)))
+
+    assert outboxes == []
+    with closing(sqlite3.connect(tmp_path / "articles.sqlite3")) as connection:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
+    assert "articles" in tables
+    assert "notifier_outbox" not in tables
+
+
+def test_the_ini_file_turns_the_outbox_on():
+    ini = configparser.ConfigParser()
+    ini.read(Path(__file__).parents[2] / "examples" / "articles.ini")
+
+    assert ini["app:main"]["notifier.outbox"] == "true"

@@ -18,7 +18,7 @@ from pyramid.settings import asbool
 from webtest import TestApp
 
 from notifier.errors import ConfigurationError
-from notifier.events import AfterResourceChanged, ResourceChanged
+from notifier.events import AfterResourceChanged, ResourceChanged, impacted_records_of
 from notifier.listeners import AfterCommitListener, ListenerBase, env_prefix, listener_options
 from notifier.listeners import celery as celery_listener
 from notifier.settings import parse_settings
@@ -657,11 +657,22 @@ def test_the_celery_listener_option_from_the_environment_wins(monkeypatch):
 
 
 class RecordingSubscriber:
+    """The Subscriber's interface: what it was asked to publish, in order."""
+
     def __init__(self):
         self.events = []
 
+    def prepare(self, event):
+        return [event]
+
+    def keep_in_outbox(self, outgoing, request):
+        pass
+
+    def publish(self, outgoing, request):
+        self.events.extend(outgoing)
+
     def __call__(self, event):
-        self.events.append(event)
+        self.publish(self.prepare(event), event.request)
 
 
 def kinto_event(event_class, step="create_record_1"):
@@ -669,7 +680,7 @@ def kinto_event(event_class, step="create_record_1"):
     return event_class(recorded["payload"], recorded["impacted_objects"], FakeRequest())
 
 
-def test_the_celery_listener_ignores_the_before_commit_resource_changed_call():
+def test_the_celery_listener_publishes_a_change_outside_any_transaction_at_once():
     subscriber = RecordingSubscriber()
     listener = celery_listener.Listener(subscriber)
     payload = {"resource_name": "article", "action": "create", "uri": "/articles"}
@@ -677,25 +688,31 @@ def test_the_celery_listener_ignores_the_before_commit_resource_changed_call():
     listener(ResourceChanged(payload, [{"new": {"id": "a1"}}]))
     listener(kinto_event(KintoResourceChanged))
 
-    assert subscriber.events == []
+    assert [type(event) for event in subscriber.events] == [
+        AfterResourceChanged,
+        KintoAfterResourceChanged,
+    ]
+    assert [impacted_records_of(event) for event in subscriber.events] == [
+        [{"new": {"id": "a1"}}],
+        kinto_event(KintoResourceChanged).impacted_objects,
+    ]
 
 
-def test_the_celery_listener_hands_notifiers_and_kintos_committed_events_to_its_subscriber():
+def test_the_celery_listener_ignores_the_hosts_own_after_commit_events():
     subscriber = RecordingSubscriber()
     listener = celery_listener.Listener(subscriber)
     ours = AfterResourceChanged(
         {"resource_name": "article", "action": "create", "uri": "/articles"},
         [{"new": {"id": "a1"}}],
     )
-    kintos = kinto_event(KintoAfterResourceChanged)
 
     listener(ours)
-    listener(kintos)
+    listener(kinto_event(KintoAfterResourceChanged))
 
-    assert subscriber.events == [ours, kintos]
+    assert subscriber.events == []
 
 
-def test_kintos_committed_events_notified_in_the_app_are_published_by_the_celery_listener(
+def test_kintos_change_notified_in_the_app_is_published_once_though_kinto_notifies_it_twice(
     monkeypatch,
 ):
     app, _, publishers = make_app(monkeypatch, CELERY)

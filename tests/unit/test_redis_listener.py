@@ -334,7 +334,7 @@ def test_the_listener_loaded_as_kinto_loads_it_reads_kintos_variables(pools, rea
     )
 
     listener = redis_listener.load_from_config(config, "event_listeners.redis.")
-    listener(kinto_event(KintoAfterResourceChanged))
+    listener(kinto_event(KintoResourceChanged))
 
     assert [url for url, _, _ in pools] == ["redis://kinto-cache:6379/1"]
     assert listener.listname == "from-environ"
@@ -344,7 +344,9 @@ def test_the_listener_loaded_as_kinto_loads_it_reads_kintos_variables(pools, rea
 # -- the listener itself -------------------------------------------------------------------------
 
 
-def article_event(event_class=AfterResourceChanged, article_id="a1", action="create"):
+def article_event(event_class=ResourceChanged, article_id="a1", action="create"):
+    """A change as the listener's host calls it with; without a transaction, it is pushed at
+    once."""
     payload = {
         "timestamp": 1700000000000,
         "action": action,
@@ -380,11 +382,11 @@ def test_the_listener_pushes_json_dumps_of_the_payload_with_lpush(reader):
     assert reader.rpop(LIST) == json.dumps(first.payload).encode()
 
 
-def test_the_listener_ignores_the_before_commit_resource_changed_call(reader):
+def test_the_listener_ignores_the_hosts_own_after_commit_events(reader):
     listener = redis_listener.Listener(reader, LIST, EVERYTHING)
 
-    listener(article_event(ResourceChanged))
-    listener(kinto_event(KintoResourceChanged))
+    listener(article_event(AfterResourceChanged))
+    listener(kinto_event(KintoAfterResourceChanged))
 
     assert reader.llen(LIST) == 0
 
@@ -400,11 +402,9 @@ def test_the_listener_filters_committed_events_itself(reader):
 
 
 @pytest.mark.parametrize("step", ["create_record_1", "delete_record", "batch_3_record_creations"])
-def test_kintos_after_resource_changed_is_pushed_with_its_impacted_objects_and_no_warning(
-    reader, step
-):
+def test_a_kinto_change_is_pushed_with_its_impacted_objects_and_no_warning(reader, step):
     listener = redis_listener.Listener(reader, LIST, EVERYTHING, include_impacted=True)
-    event = kinto_event(KintoAfterResourceChanged, step)
+    event = kinto_event(KintoResourceChanged, step)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Kinto warns when asked for impacted_records

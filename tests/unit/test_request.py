@@ -15,7 +15,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 from webtest import TestApp
 
-from notifier.events import AfterResourceChanged, ResourceChanged
+from notifier.events import ResourceChanged
 from notifier.message import decode
 from tests.unit.fakes import RecordingDataManager
 
@@ -513,12 +513,15 @@ def test_a_bad_change_is_refused_when_notified(no_notifier_environ, arguments, e
         app.post("/bad")
 
 
-def test_includeme_registers_the_subscriber_for_after_resource_changed(monkeypatch):
+def test_includeme_registers_the_subscriber_for_resource_changed(monkeypatch):
     app, publisher, _ = make_app(monkeypatch)
     registry = app.app.registry
-    event = AfterResourceChanged(
+    request = Request.blank("/articles/a1")  # without a transaction: published at once
+    request.registry = registry
+    event = ResourceChanged(
         {"resource_name": "article", "action": "update", "uri": "/articles/a1"},
         [{"new": {"id": "a1"}, "old": {"id": "a1"}}],
+        request,
     )
 
     registry.notify(event)
