@@ -16,7 +16,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,12 +47,16 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 class Process:
     """A child process whose output goes to a log file."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log: Path, env: Mapping[str, str], **popen: Any
+    ) -> None:
+        """``popen``: more arguments for :class:`subprocess.Popen` (``user=`` and ``group=``
+        for a server that refuses to run as root, as PostgreSQL does)."""
         self.name = name
         self.log = log
         self._log_file: IO[bytes] = log.open("ab")
         self.popen = subprocess.Popen(
-            argv, stdout=self._log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=ROOT
+            argv, stdout=self._log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=ROOT, **popen
         )
 
     def wait_until_ready(self, ready: Callable[[], bool], timeout: float, what: str) -> None:

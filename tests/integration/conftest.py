@@ -1,6 +1,8 @@
-"""Real processes for the integration tests: a redis-server of our own, celery workers, the web app.
+"""Real processes for the integration tests: a redis-server of our own, celery workers, the web app,
+a PostgreSQL server.
 
-Locally, these tests skip when no redis-server can be found; with CI=true they fail instead.
+Locally, these tests skip when no redis-server (or PostgreSQL) can be found; with CI=true they
+fail instead.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 import redis
 
 from examples.processes import CeleryWorker, RedisServer, WebApp, redis_server_binary
+from tests.integration.postgres import PostgresServer, postgres_binaries
 from tests.integration.received import Received
 
 
@@ -90,3 +93,21 @@ def web(deployment_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture
 def received(redis_client: redis.Redis) -> Received:
     return Received(redis_client)
+
+
+def require_postgres() -> None:
+    """Skip the test when there are no PostgreSQL server binaries; with CI=true, fail it."""
+    if postgres_binaries() is None:
+        message = "no PostgreSQL: install it, or the test dependency group (pgserver)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the session's own: each test module creates its databases."""
+    require_postgres()
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
