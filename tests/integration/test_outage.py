@@ -1,7 +1,8 @@
 """Broker outages during writes: every write succeeds within the bound, no committed event is lost.
 
 Each test has a redis-server of its own, which it stops or hangs (SIGSTOP) while the example
-app takes 1 000 writes, then brings back; the events wait in the web process's spool meanwhile.
+app takes 1 000 writes, then brings back; the events wait in the web process's spool meanwhile,
+or in its outbox (each test runs with both).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 
+import pytest
 import redis
 
 from examples.processes import CeleryWorker, RedisServer, WebApp, wait_until
@@ -34,12 +36,25 @@ def post(url: str, title: str) -> tuple[int, float]:
         return response.status, time.monotonic() - started
 
 
+@pytest.fixture(params=["spool", "outbox"])
+def backlog(request: pytest.FixtureRequest) -> str:
+    """Where the example app keeps what the broker did not take."""
+    return str(request.param)
+
+
 def write_during_an_outage(
-    tmp_path, start_outage: Callable[[RedisServer], Callable[[RedisServer], RedisServer]], name: str
+    tmp_path,
+    start_outage: Callable[[RedisServer], Callable[[RedisServer], RedisServer]],
+    name: str,
+    backlog: str,
 ) -> None:
     (tmp_path / "redis-before").mkdir()
     broker = RedisServer(tmp_path / "redis-before")
-    env = {"CELERY_BROKER_URL": broker.url, "NOTIFIER_LISTENERS": "tests.integration.listeners"}
+    env = {
+        "CELERY_BROKER_URL": broker.url,
+        "NOTIFIER_LISTENERS": "tests.integration.listeners",
+        "NOTIFIER_OUTBOX": "true" if backlog == "outbox" else "false",
+    }
     worker = CeleryWorker(tmp_path, env, name=f"{name}-worker")
     web = WebApp(tmp_path, env, name=f"{name}-web")
     try:
@@ -51,7 +66,8 @@ def write_during_an_outage(
         statuses = {status for status, _ in answers}
         latencies = sorted(latency for _, latency in answers)
         print(
-            f"{name}: {WRITES} writes, median {statistics.median(latencies) * 1000:.1f} ms, "
+            f"{name}, {backlog}: {WRITES} writes, "
+            f"median {statistics.median(latencies) * 1000:.1f} ms, "
             f"max {latencies[-1] * 1000:.1f} ms"
         )
         assert statuses == {201}
@@ -74,7 +90,7 @@ def write_during_an_outage(
         broker.stop()
 
 
-def test_redis_stopped_during_1000_writes_loses_no_committed_event(tmp_path):
+def test_redis_stopped_during_1000_writes_loses_no_committed_event(tmp_path, backlog):
     def stop(broker: RedisServer) -> Callable[[RedisServer], RedisServer]:
         broker.stop()
 
@@ -84,10 +100,10 @@ def test_redis_stopped_during_1000_writes_loses_no_committed_event(tmp_path):
 
         return restart
 
-    write_during_an_outage(tmp_path, stop, "stopped")
+    write_during_an_outage(tmp_path, stop, "stopped", backlog)
 
 
-def test_redis_hung_during_1000_writes_loses_no_committed_event(tmp_path):
+def test_redis_hung_during_1000_writes_loses_no_committed_event(tmp_path, backlog):
     def hang(broker: RedisServer) -> Callable[[RedisServer], RedisServer]:
         broker.signal(signal.SIGSTOP)
 
@@ -97,4 +113,4 @@ def test_redis_hung_during_1000_writes_loses_no_committed_event(tmp_path):
 
         return resume
 
-    write_during_an_outage(tmp_path, hang, "hung")
+    write_during_an_outage(tmp_path, hang, "hung", backlog)
