@@ -3,9 +3,10 @@
 For hosts whose data lives in a SQL database (Kinto on PostgreSQL, a Pyramid app with
 SQLAlchemy and ``zope.sqlalchemy``), the messages of a transaction are written to the table
 ``notifier_outbox`` in that very transaction (:meth:`Outbox.write`). Once it committed they are
-published at once, as without an outbox, and their rows deleted shortly after (in the
-background, a few at a time). A row stays when its process died before publishing it, or when
-the broker did not take it: the relay publishes it.
+handed to the process's background thread (:meth:`Outbox.submit`), which publishes them at
+once, in commit order, and deletes their rows: the request waits for neither the broker nor
+the delete. A row stays when its process died before publishing it, or when the broker did not
+take it: the relay publishes it.
 
 The relay (:meth:`Outbox.relay`: a thread of each web process, or ``notifier-outbox relay``)
 takes, oldest first, the rows this process could not publish and every row older than
@@ -21,6 +22,7 @@ or when a relay takes a row whose own process is slower than ``relay_after`` to 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import json
@@ -43,6 +45,8 @@ __all__ = ["TABLE", "Outbox", "create_table", "engine_for", "outbox_for", "table
 logger = logging.getLogger("notifier")
 
 Publish = Callable[[Message, str], None]
+#: Messages submitted and not yet published, at most: past it, the relay takes them.
+PENDING_LIMIT = 10_000
 #: How a request's session is found: a context manager giving the session of its transaction.
 SessionOf = Callable[[Any], contextlib.AbstractContextManager[Any]]
 
@@ -153,6 +157,7 @@ class Outbox:
     def _reset(self) -> None:
         self._mutex = threading.Lock()
         self._wake = threading.Event()
+        self._pending: collections.deque[tuple[Message, str]] = collections.deque()
         self._published: list[str] = []  # rows published, to delete
         self._failed: dict[str, None] = {}  # rows this process could not publish, oldest first
         self._unreadable: set[str] = set()  # rows that are not messages, logged once
@@ -198,32 +203,56 @@ class Outbox:
 
     # -- after the commit ----------------------------------------------------------------------
 
-    def published(self, message: Message) -> None:
-        """``message`` reached the broker: its row goes (soon, in the background)."""
+    def submit(self, outgoing: list[tuple[Message, str]]) -> None:
+        """Committed messages (message, queue): the background thread publishes them at once,
+        in commit order, and deletes their rows. The request does not wait for the broker:
+        the rows are safe in the table."""
         with self._mutex:
-            self._published.append(message.task_id)
-            self._failed.pop(message.task_id, None)
-            if len(self._published) >= self.batch:
-                self._wake.set()
-        self._ensure_thread()
-
-    def keep(self, message: Message, queue: str) -> None:
-        """The broker did not take ``message``: its row stays, and the relay publishes it."""
-        with self._mutex:
-            self._failed[message.task_id] = None
+            if len(self._pending) + len(outgoing) <= PENDING_LIMIT:
+                self._pending.extend(outgoing)
+            else:  # the broker is far behind: the relay takes them from the table, in order
+                self._failed.update(dict.fromkeys(message.task_id for message, _ in outgoing))
             self._wake.set()
         self._ensure_thread()
 
+    def publish_pending(self) -> int:
+        """Publish what was submitted, oldest first; what the broker does not take (and what
+        comes after it) stays in the table for the relay. Return how many were published."""
+        published = 0
+        while True:
+            with self._mutex:
+                if not self._pending:
+                    return published
+                message, queue = self._pending.popleft()
+                if self._failed:  # behind rows the broker refused: the relay keeps the order
+                    self._failed[message.task_id] = None
+                    continue
+            try:
+                self.publish(message, queue)
+            except Exception as exc:
+                logger.warning(
+                    "outbox: the broker did not take %s (%s); its relay publishes it",
+                    message.task_id,
+                    exc,
+                )
+                with self._mutex:
+                    self._failed[message.task_id] = None
+                continue
+            with self._mutex:
+                self._published.append(message.task_id)
+            published += 1
+
     def holds_messages(self) -> bool:
-        """Whether rows of this process wait for the broker: new messages queue behind them."""
-        return bool(self._failed)
+        """Whether messages of this process wait: submitted, or refused by the broker."""
+        return bool(self._pending or self._failed)
 
     # -- the relay -----------------------------------------------------------------------------
 
     def relay(self, *, everything: bool = False) -> int:
         """Publish, oldest first, this process's failed rows and (with ``relay_others``) the
         rows older than ``relay_after``, or all rows with ``everything``; stop at the first the
-        broker refuses. Return how many were published."""
+        broker refuses. Return how many were published (submitted messages included)."""
+        published = self.publish_pending()
         self._delete_published()
         if everything:
             cutoff = float("inf")
@@ -231,7 +260,6 @@ class Outbox:
             cutoff = time.time() - self.relay_after
         else:
             cutoff = 0.0  # no row is that old: only this process's failed ones
-        published = 0
         after: int | None = -1
         while after is not None:
             with self._mutex:
@@ -364,6 +392,7 @@ class Outbox:
             self._wake.wait(min(self.retry, 0.25))
             self._wake.clear()
             try:
+                self.publish_pending()
                 self._delete_published()
                 if time.monotonic() >= next_relay:
                     next_relay = time.monotonic() + self.retry

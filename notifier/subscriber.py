@@ -16,7 +16,7 @@ from notifier.spool import Spool
 if TYPE_CHECKING:
     from notifier.outbox import Outbox
 
-__all__ = ["Backlog", "Outgoing", "Publisher", "Subscriber"]
+__all__ = ["Outgoing", "Publisher", "Subscriber"]
 
 logger = logging.getLogger("notifier")
 
@@ -25,14 +25,6 @@ _POSITIONS = "notifier.positions"
 
 class Publisher(Protocol):
     def publish(self, message: Message, queue: str) -> None: ...
-
-
-class Backlog(Protocol):
-    """Where a message the broker did not take waits: the spool, or the outbox."""
-
-    def holds_messages(self) -> bool: ...
-
-    def keep(self, message: Message, queue: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +41,13 @@ class Subscriber:
 
     It filters the event with its settings' actions and resources, serialises it, chooses its
     queue from the routing table (:meth:`prepare`) and publishes it (:meth:`publish`). A
-    message the broker does not take waits in the backlog (the spool, or the outbox with
-    ``outbox``), which publishes it later; while the backlog holds messages, new ones queue
-    behind them. It never raises: the transaction is already committed, and a broker error
-    must not fail the request.
+    message the broker does not take is kept in the spool, which publishes it later; while the
+    spool holds messages, new ones queue behind them. It never raises: the transaction is
+    already committed, and a broker error must not fail the request.
 
     With an outbox, :meth:`prepare` runs inside the transaction, whose commit then carries the
-    messages (:meth:`keep_in_outbox`), and :meth:`publish` runs after it.
+    messages (:meth:`keep_in_outbox`); after it, :meth:`publish` hands them to the outbox's
+    thread, which publishes them: the request never waits for the broker.
     """
 
     def __init__(
@@ -69,7 +61,6 @@ class Subscriber:
         self.publisher = publisher
         self.spool = spool
         self.outbox = outbox
-        self.backlog: Backlog | None = outbox if outbox is not None else spool
 
     def __call__(self, event: Any) -> None:
         self.publish(self.prepare(event), event.request)
@@ -121,7 +112,11 @@ class Subscriber:
             self.outbox.write(request, [(item.message, item.queue) for item in outgoing])
 
     def publish(self, outgoing: list[Outgoing], request: Any) -> None:
-        """Publish ``outgoing``, in order; what the broker does not take waits in the backlog."""
+        """Publish ``outgoing``, in order; what the broker does not take waits in the spool
+        (with an outbox: in the table)."""
+        if self.outbox is not None:
+            self.outbox.submit([(item.message, item.queue) for item in outgoing])
+            return
         for item in outgoing:
             self._publish(item.message, item.queue, request, item.identity)
 
@@ -129,7 +124,7 @@ class Subscriber:
         if gave_up(request, self):
             self._keep(message, queue, f"{identity}: the broker failed earlier in this request")
             return
-        if self.backlog is not None and self._spool_holds_messages():
+        if self.spool is not None and self._spool_holds_messages():
             self._keep(message, queue, f"{identity}: behind messages the broker did not take")
             return
         try:
@@ -137,31 +132,25 @@ class Subscriber:
         except Exception:
             logger.exception("could not publish %s", identity)
             give_up(request, self)
-            if self.backlog is not None:
+            if self.spool is not None:
                 self._keep(message, queue, identity)
         else:
             logger.debug("published %s", identity)
-            if self.outbox is not None:
-                self.outbox.published(message)
 
     def _spool_holds_messages(self) -> bool:
-        assert self.backlog is not None
+        assert self.spool is not None
         try:
-            return self.backlog.holds_messages()
+            return self.spool.holds_messages()
         except Exception:  # a spool that cannot be read: keep the message behind, to be safe
             logger.exception("could not read the spool")
             return True
 
     def _keep(self, message: Message, queue: str, identity: str) -> None:
-        if self.backlog is None:
+        if self.spool is None:
             logger.error("could not publish %s", identity)
             return
-        if self.outbox is not None:
-            self.outbox.keep(message, queue)  # the row is there: the relay publishes it
-            logger.warning("left %s in the outbox, for its relay to publish", identity)
-            return
         try:
-            self.backlog.keep(message, queue)
+            self.spool.keep(message, queue)
         except Exception:
             logger.exception("could not publish %s, nor keep it in the spool: lost", identity)
         else:

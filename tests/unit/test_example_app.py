@@ -23,12 +23,16 @@ class RecordingPublisher:
 
     def __init__(self, broker_url, timeout):
         self.messages = []
+        self.outboxes = []
 
     def publish(self, message, queue):
         self.messages.append(message)
 
     def take(self):
-        """The messages published since the last call."""
+        """The messages published since the last call (with the outbox: once its thread's
+        work, done here, published them)."""
+        for outbox in self.outboxes:
+            outbox.publish_pending()
         messages, self.messages = self.messages, []
         return messages
 
@@ -41,10 +45,12 @@ def publisher(monkeypatch):
 
 
 @pytest.fixture
-def outboxes(monkeypatch):
-    """The outboxes of a test's apps; their relay threads stop with the test."""
-    made = []
+def outboxes(monkeypatch, publisher):
+    """The outboxes of a test's apps, without their threads: the publisher's ``take`` does
+    their work."""
+    made = publisher.outboxes
     real = notifier.outbox.outbox_for
+    monkeypatch.setattr(notifier.outbox.Outbox, "_ensure_thread", lambda self: None)
 
     def recording(*args, **kwargs):
         made.append(real(*args, **kwargs))
@@ -419,7 +425,8 @@ def test_with_the_outbox_each_message_is_committed_in_the_database_before_it_is_
         committed.append(row == (queue,))
         publish(message, queue)
 
-    monkeypatch.setattr(publisher, "publish", look_then_publish)
+    (outbox,) = publisher.outboxes  # what publishes, with the outbox
+    monkeypatch.setattr(outbox, "publish", look_then_publish)
 
     app.put_json("/blogs/b1", {"title": "Notes"})
     app.post_json("/batch", {"requests": [{"method": "DELETE", "path": "/blogs/b1"}]})
