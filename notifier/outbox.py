@@ -230,9 +230,10 @@ class Outbox:
             try:
                 self.publish(message, queue)
             except Exception as exc:
+                # Expected trouble: one line, no traceback; the row waits in the table.
                 logger.warning(
-                    "outbox: the broker did not take %s (%s); its relay publishes it",
-                    message.task_id,
+                    "could not publish %s (%s): left in the outbox, its relay publishes it",
+                    _identity(message, queue),
                     exc,
                 )
                 with self._mutex:
@@ -406,6 +407,15 @@ class Outbox:
                 if not trouble:
                     logger.warning("outbox: the relay failed (%s); trying again", exc)
                 trouble = True
+
+
+def _identity(message: Message, queue: str) -> str:
+    part = f", part {message.part + 1} of {message.parts}" if message.parts > 1 else ""
+    return (
+        f"event {message.event_id} ({message.action} {message.resource_name} "
+        f"{message.payload.get('uri')}, {len(message.impacted_records)} records) to queue "
+        f"{queue}{part}"
+    )
 
 
 def outbox_for(config: Any, settings: OutboxSettings, publish: Publish) -> Outbox:
