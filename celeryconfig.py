@@ -28,14 +28,10 @@ task_time_limit = 300
 # The Redis transport hands an unacknowledged message out again once it is older than the
 # visibility timeout: a short one brings back the messages of a worker that died (SIGKILL, a
 # lost machine) within seconds. Living workers refresh the messages they hold (see
-# tasks/visibility.py), so that a listener still running is not handed out twice. Workers look
-# for abandoned messages every unacked_restore_interval seconds.
-notifier_visibility_timeout = int(os.environ.get("NOTIFIER_VISIBILITY_TIMEOUT", "30"))
-broker_transport_options = {
-    "visibility_timeout": notifier_visibility_timeout,
-    "unacked_restore_interval": max(1, notifier_visibility_timeout // 10),
-    "unacked_restore_throttle": 1,
-}
+# tasks/visibility.py), so that a listener still running is not handed out twice. In seconds:
+# tasks/app.py checks it when it configures the worker, and derives the transport's
+# visibility_timeout and its sweep for abandoned messages from it.
+notifier_visibility_timeout = os.environ.get("NOTIFIER_VISIBILITY_TIMEOUT", "30")
 
 # The modules of listeners every worker imports (space or comma separated), so that all the
 # workers that dispatch events know the same listeners. `celery worker -I module` adds more.

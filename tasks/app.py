@@ -1,14 +1,20 @@
 """The Celery app of the workers, configured from the top-level ``celeryconfig`` module.
 
 ``$CELERY_CONFIG_MODULE`` names another configuration module; it must define the ``notifier_*``
-settings that ``celeryconfig.py`` defines.
+settings that ``celeryconfig.py`` defines. Each setting is checked here, when the app is
+configured: a bad one raises :class:`~notifier.errors.ConfigurationError`, naming the
+environment variable it comes from, its value and what is allowed.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
+import redis
 from celery import Celery, signals
 from celery.utils.text import str_to_list
 from kombu import Exchange, Queue
@@ -20,24 +26,127 @@ from tasks.visibility import KeepDeliveriesVisible
 
 __all__ = ["app", "consume", "registry", "routing"]
 
-app = Celery("tasks")
-_config_module = os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig")
-app.config_from_object(_config_module)
-for _setting in (
+#: The longest visibility timeout, in seconds: a dead worker's messages wait no longer than a
+#: day (and far less than the redelivery counts last: tasks/dead_letters/store.py).
+VISIBILITY_TIMEOUT_MAX = 24 * 3600
+#: The broker URLs a worker reads: kombu's Redis transport (Sentinel too), and its in-memory one.
+_BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel", "memory")
+_SETTINGS = (
     "notifier_routes",
     "notifier_dead_letters_url",
     "notifier_order_url",
+    "notifier_visibility_timeout",
     "notifier_search_index",
     "notifier_search_resources",
     "notifier_search_parents",
-):
-    if app.conf.get(_setting) is None:
+)
+
+
+def _load_settings(app: Celery, module: str) -> None:
+    # Celery imports the configuration module when the first setting is read: here.
+    try:
+        missing = [name for name in _SETTINGS if app.conf.get(name) is None]
+    except ModuleNotFoundError as exc:
+        # No name: kombu's own error, for a package without that module.
+        if exc.name is not None and not f"{module}.".startswith(f"{exc.name}."):
+            raise  # a module the configuration module imports
         raise ConfigurationError(
-            _setting, None, f"define it in {_config_module}, as notifier's celeryconfig.py does"
+            "CELERY_CONFIG_MODULE",
+            module,
+            "a module this worker can import (from its working directory or PYTHONPATH), "
+            "like notifier's celeryconfig",
+        ) from None
+    if missing:
+        raise ConfigurationError(
+            missing[0], None, f"define it in {module}, as notifier's celeryconfig.py does"
         )
+
+
+def _check_broker_url(url: Any) -> None:
+    allowed = (
+        f"a URL whose scheme is one of {', '.join(_BROKER_SCHEMES)} (several URLs, for "
+        "failover, separated by ;), e.g. redis://localhost:6379/0"
+    )
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError("CELERY_BROKER_URL", url, allowed)
+    for part in url.split(";"):
+        try:
+            parts = urlsplit(part.strip())
+            parts.port  # noqa: B018  (raises ValueError when it is no number)
+        except ValueError:
+            raise ConfigurationError("CELERY_BROKER_URL", url, allowed) from None
+        if parts.scheme not in _BROKER_SCHEMES:
+            raise ConfigurationError("CELERY_BROKER_URL", url, allowed)
+
+
+def _check_redis_url(variable: str, url: Any, what: str = "") -> None:
+    allowed = (
+        "a Redis URL: redis://host:port/db, rediss://... (TLS) or unix:///path/to/socket" + what
+    )
+    try:
+        # Parsed, not connected to: redis-py connects on the first command.
+        redis.ConnectionPool.from_url(url)
+    except (ValueError, TypeError, AttributeError):
+        raise ConfigurationError(variable, url, allowed) from None
+
+
+def _check_listener_modules(modules: Iterable[str] | str) -> None:
+    names = [modules] if isinstance(modules, str) else list(modules)
+    bad = [
+        name
+        for name in names
+        if not isinstance(name, str)
+        or not all(part.isidentifier() for part in name.split("."))
+        or name.endswith(".py")
+    ]
+    if bad:
+        raise ConfigurationError(
+            "NOTIFIER_LISTENERS",
+            os.environ.get("NOTIFIER_LISTENERS", " ".join(map(str, names))),
+            "Python module names, separated by spaces or commas, e.g. mylisteners or "
+            f"myapp.listeners (not {bad[0]!r}: a module's dotted name, not a file name or path)",
+        )
+
+
+def _check_visibility_timeout(value: Any) -> int:
+    allowed = f"a whole number of seconds from 1 to {VISIBILITY_TIMEOUT_MAX} (a day); default 30"
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
+        seconds = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    else:
+        raise ConfigurationError("NOTIFIER_VISIBILITY_TIMEOUT", value, allowed)
+    if not 1 <= seconds <= VISIBILITY_TIMEOUT_MAX:
+        raise ConfigurationError("NOTIFIER_VISIBILITY_TIMEOUT", value, allowed)
+    return seconds
+
+
+app = Celery("tasks")
+_config_module = os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig")
+app.config_from_object(_config_module)
+_load_settings(app, _config_module)
+_check_broker_url(app.conf.broker_url)
+_check_redis_url("NOTIFIER_DEAD_LETTERS_URL", app.conf.notifier_dead_letters_url)
+_check_redis_url(
+    "NOTIFIER_ORDER_URL",
+    app.conf.notifier_order_url,
+    "; one Redis server of version 5 or newer, not a Cluster",
+)
+_check_listener_modules(app.conf.imports or ())
 
 #: The routing table the web side uses too: the worker consumes every queue it names.
 routing = RoutingTable.parse(app.conf.notifier_routes, key="NOTIFIER_ROUTES")
+
+# The Redis transport hands a message out again once it went unacknowledged for the visibility
+# timeout; its sweep for such messages runs every tenth of it (at least every second).
+_visibility_timeout = _check_visibility_timeout(app.conf.notifier_visibility_timeout)
+app.conf.notifier_visibility_timeout = _visibility_timeout
+app.conf.broker_transport_options = {
+    "unacked_restore_interval": max(1, _visibility_timeout // 10),
+    "unacked_restore_throttle": 1,
+    **(app.conf.broker_transport_options or {}),
+    "visibility_timeout": _visibility_timeout,
+}
 
 
 def _queue(name: str) -> Queue:

@@ -16,7 +16,7 @@ from functools import cache
 from typing import Any
 
 import redis
-from celery import Task, signals
+from celery import Task, signals, states
 from kombu.exceptions import KombuError
 
 from notifier.errors import ListenersNotSent, MalformedMessage
@@ -452,22 +452,34 @@ def _queue_of(task: Any) -> str | None:
 #: which the Redis transport hands the message out again without counting.
 EXTRA_DELIVERIES = 1
 
+#: The message header in which a listener's task sent back to its queue unrun (an ordered
+#: listener whose objects were busy) carries the redeliveries its message had.
+REDELIVERIES_HEADER = "notifier_redeliveries"
+
 
 def within_deliveries(task: Any, message: Any) -> bool:
-    """Count this delivery of a listener's message; past its bound, keep the message as a dead
-    letter instead of running the listener again."""
+    """Whether this delivery of a listener's message may run: past its attempts and
+    :data:`EXTRA_DELIVERIES`, the message is kept as a dead letter instead.
+
+    A delivery is the task's attempt (its ``retries`` + 1) plus the redeliveries its message had:
+    the Redis transport marks a message it hands out again (its worker died holding it)
+    ``redelivered``, and each of those is counted in the dead letters' Redis until the
+    message's run ends (:func:`_end_count`). A first delivery reads and writes nothing there."""
     request = getattr(task, "request", None)
     task_id = getattr(request, "id", None)
     if not task_id:
         return True  # called directly, not by a worker
-    key = f"notifier:deliveries:{task_id}"
-    try:
-        with dead_letters().client.pipeline() as pipe:
-            pipe.incr(key)
-            pipe.expire(key, 7 * 24 * 3600)
-            deliveries, _ = pipe.execute()
-    except (redis.RedisError, OSError):
-        return True  # cannot count: rather run it once more than lose it
+    retries = getattr(request, "retries", None) or 0
+    redeliveries = _carried(request)
+    if _redelivered(request) or retries:
+        try:
+            if _redelivered(request):
+                redeliveries += dead_letters().count_redelivery(task_id)
+            else:
+                redeliveries += dead_letters().redeliveries(task_id)
+        except (redis.RedisError, OSError):
+            return True  # cannot count: rather run it once more than lose it
+    deliveries = retries + 1 + redeliveries
     limit = (getattr(task, "max_retries", None) or 0) + 1 + EXTRA_DELIVERIES
     if deliveries <= limit:
         return True
@@ -480,16 +492,81 @@ def within_deliveries(task: Any, message: Any) -> bool:
         queue=_queue_of(task),
     )
     logger.error("%s: its worker died each time; kept as dead letter %s", listener, letter.id)
+    # Its run ends here; a count left behind would lapse.
+    with contextlib.suppress(redis.RedisError, OSError):
+        dead_letters().forget_redeliveries(task_id)
     return False
 
 
-def forget_delivery(task: Any) -> None:
-    """Uncount the delivery of a listener's message that was sent back to its queue unrun
-    (an ordered listener whose objects were busy): it was not an attempt."""
-    task_id = getattr(getattr(task, "request", None), "id", None)
-    # When Redis is out of reach, it stays counted: the bound holds, one delivery sooner.
-    with contextlib.suppress(redis.RedisError, OSError):
-        dead_letters().client.decr(f"notifier:deliveries:{task_id}")
+def forget_delivery(task: Any) -> dict[str, int]:
+    """The message headers of a listener's task sent back to its queue unrun (an ordered
+    listener whose objects were busy): that delivery was not an attempt, and the task sent
+    back carries the redeliveries its message had, so that the bound holds. Their count in
+    Redis ends with this run, as any count does."""
+    request = getattr(task, "request", None)
+    task_id = getattr(request, "id", None)
+    redeliveries = _carried(request)
+    if task_id and (_redelivered(request) or getattr(request, "retries", None)):
+        # When Redis is out of reach, the count stays there (unless the end of this run can
+        # delete it): the task sent back adds its own redeliveries to it.
+        with contextlib.suppress(redis.RedisError, OSError):
+            redeliveries += dead_letters().redeliveries(task_id)
+    return {REDELIVERIES_HEADER: redeliveries} if redeliveries else {}
+
+
+def _redelivered(request: Any) -> bool:
+    # kombu's Redis transport marks a message it restores to its queue (its properties'
+    # delivery_info; checked with kombu 5.7), and Celery's request passes the mark on.
+    delivery_info = getattr(request, "delivery_info", None) or {}
+    return bool(delivery_info.get("redelivered"))
+
+
+def _carried(request: Any) -> int:
+    # The redeliveries a task sent back to its queue carries (Celery's request.headers: the
+    # message's headers of its own).
+    headers = getattr(request, "headers", None) or {}
+    count = headers.get(REDELIVERIES_HEADER) if isinstance(headers, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
+
+@signals.task_postrun.connect
+def _end_count_after_run(
+    sender: Any = None,
+    task_id: str | None = None,
+    state: str | None = None,
+    retval: Any = None,
+    **signal_kwargs: Any,
+) -> None:
+    # Sent after each run in a pool process. A run that Celery retries, or that a Reject
+    # requeues, goes on: so does its count. A failure is task_failure's (below).
+    requeued = state == states.REJECTED and getattr(retval, "requeue", False)
+    if state in (states.RETRY, states.FAILURE) or requeued:
+        return
+    _end_count(sender, task_id)
+
+
+@signals.task_failure.connect
+def _end_count_after_failure(
+    sender: Any = None, task_id: str | None = None, **signal_kwargs: Any
+) -> None:
+    # Sent once a task failed for good: by its pool process, or by the worker for a pool
+    # process lost on the last attempt.
+    _end_count(sender, task_id)
+
+
+def _end_count(task: Any, task_id: str | None) -> None:
+    # Delete the redelivery count of a listener's message whose run ended: only a redelivery or
+    # a retry can have one, so a first delivery costs nothing here either.
+    request = getattr(task, "request", None)
+    if not task_id or not (_redelivered(request) or getattr(request, "retries", None)):
+        return
+    name = getattr(task, "name", None)
+    if not any(listener.task.name == name for listener in registry):
+        return
+    try:
+        dead_letters().forget_redeliveries(task_id)
+    except (redis.RedisError, OSError):
+        logger.warning("could not delete the redelivery count of %s: it lapses", task_id)
 
 
 registry.may_run = within_deliveries

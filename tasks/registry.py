@@ -122,7 +122,7 @@ class Registry:
         on_new_queue: Callable[[str], None] = lambda name: None,
         may_run: Callable[[Any, Any], bool] = lambda task, message: True,
         order_guard: Callable[[], OrderGuard] | None = None,
-        on_defer: Callable[[Any], None] = lambda task: None,
+        on_defer: Callable[[Any], Mapping[str, Any] | None] = lambda task: None,
     ) -> None:
         self.app = app
         self.on_new_queue = on_new_queue
@@ -131,8 +131,8 @@ class Registry:
         self.may_run = may_run
         # Gives the per-object versions of ordered listeners (tasks.ordering).
         self.order_guard = order_guard
-        # Told of each run sent back to its queue because its objects were busy: a delivery
-        # that is not an attempt.
+        # Asked for each run sent back to its queue because its objects were busy (a delivery
+        # that is not an attempt): the message headers the task sent back carries, if any.
         self.on_defer = on_defer
         self._listeners: dict[str, Listener] = {}
 
@@ -342,6 +342,7 @@ class Registry:
         # may need, when that run is a redelivery.
         request = task.request
         delay = random.uniform(0.5, 2.0)
+        headers = self.on_defer(task)
         task.apply_async(
             args=request.args,
             kwargs=request.kwargs,
@@ -349,8 +350,8 @@ class Registry:
             queue=listener.queue,
             countdown=delay,
             retries=request.retries,
+            **({"headers": headers} if headers else {}),
         )
-        self.on_defer(task)
         logger.info(
             "%s: task %s sent back to %s for %.1f s, its objects being busy",
             listener.name,

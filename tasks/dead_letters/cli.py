@@ -14,8 +14,10 @@
 ``NOTIFIER_LISTENERS`` (``--include MODULE`` imports more, like a worker's ``-I``).
 
 ``replay`` sends a letter's message to its listener's Celery task, on that listener's queue, so
-that only this listener runs again. A letter for no listener (a malformed message) goes to
-dispatch again, which keeps it as a new dead letter if it still is malformed.
+that only this listener runs again, with all its attempts: the task has the id dispatch gives
+it (``<task id>:<listener>``), and the redeliveries counted under that id are forgotten first. A
+letter for no listener (a malformed message) goes to dispatch again, which keeps it as a new
+dead letter if it still is malformed.
 
 Exit status: 0 done; 1 Redis or the broker failed; 2 a bad command line, an id that is no dead
 letter, or a listener this process does not know (and then nothing was done).
@@ -189,6 +191,9 @@ def replay_letters(args: argparse.Namespace, store: DeadLetters) -> int:
         "socket_timeout": 10,
     }
     for done, (letter, target) in enumerate(ready):
+        if target.task_id is not None:
+            # A new message, with all its attempts: the bound on deliveries starts again.
+            store.forget_redeliveries(target.task_id)
         try:
             target.task.apply_async(
                 args=(letter.message,), queue=target.queue, task_id=target.task_id, retry=False

@@ -13,6 +13,15 @@ A letter is ``{"id", "failed_at", "listener", "attempts", "queue", "reason", "tr
 given: a malformed one), how many times it ran, the queue the message came from, why it failed,
 and the message as it was received. Adding and removing a letter change both keys in one
 transaction; getting or removing one by id does not read the others.
+
+The same Redis counts the redeliveries of the listeners' messages in flight, the bound before a
+message whose worker dies every time becomes a dead letter (``tasks.dispatch.within_deliveries``)::
+
+    notifier:dead_letters:redeliveries:TASK_ID   a count: how many times the Redis transport
+                                                 handed the message out again
+
+A message delivered once has none; a count is deleted when its message's run ends, and lapses
+:data:`REDELIVERIES_TTL` after its last redelivery if that end was never seen.
 """
 
 from __future__ import annotations
@@ -27,7 +36,12 @@ from typing import Any
 
 import redis
 
-__all__ = ["DeadLetter", "DeadLetters"]
+__all__ = ["REDELIVERIES_TTL", "DeadLetter", "DeadLetters"]
+
+#: How long the redelivery count of a message outlives its last redelivery when the end of its
+#: run is never seen (a message revoked, a queue purged, Redis out of reach at that moment):
+#: longer than a message stays in flight, retries and their backoff included.
+REDELIVERIES_TTL = 7 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +168,24 @@ class DeadLetters:
 
     def __contains__(self, letter_id: object) -> bool:
         return isinstance(letter_id, str) and bool(self.client.hexists(self.letters_key, letter_id))
+
+    def count_redelivery(self, task_id: str) -> int:
+        """Count one more redelivery of the message of task ``task_id``; return its count."""
+        key = self._redeliveries_key(task_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, REDELIVERIES_TTL)
+            count, _ = pipe.execute()
+        return int(count)
+
+    def redeliveries(self, task_id: str) -> int:
+        """How many redeliveries of the message of task ``task_id`` are counted."""
+        count = self.client.get(self._redeliveries_key(task_id))
+        return int(count) if count is not None else 0
+
+    def forget_redeliveries(self, task_id: str) -> None:
+        """Delete the redelivery count of the message of task ``task_id``: its run ended."""
+        self.client.delete(self._redeliveries_key(task_id))
+
+    def _redeliveries_key(self, task_id: str) -> str:
+        return f"{self.key}:redeliveries:{task_id}"

@@ -1,4 +1,10 @@
-"""tasks.dispatch.within_deliveries: a listener whose whole worker dies each time is stopped."""
+"""tasks.dispatch.within_deliveries: a listener whose whole worker dies each time is stopped,
+and the Redis it counts in holds only what is in flight.
+
+A delivery is the task's attempt plus the redeliveries of its message: a first delivery costs
+nothing in Redis, a redelivery is counted until its message's run ends (Celery's task_postrun
+and task_failure signals, sent here as a worker sends them).
+"""
 
 import importlib
 import logging
@@ -7,11 +13,18 @@ from types import SimpleNamespace
 import fakeredis
 import pytest
 import redis
-from celery import signals
+from celery import Celery, signals, states
+from celery.exceptions import Reject
 
-from tasks.dead_letters import DeadLetters
+from notifier.errors import ObjectsBusy
+from notifier.message import encode
+from tasks.dead_letters import DeadLetters, cli
+from tasks.ordering import OrderGuard
+from tasks.registry import Registry
 
 dispatch_module = importlib.import_module("tasks.dispatch")
+
+LISTENER = "search.index"
 
 
 @pytest.fixture
@@ -21,27 +34,150 @@ def dead_letters(monkeypatch):
     return store
 
 
-def running(task_id="e1:search.index", max_retries=2):
-    return SimpleNamespace(
-        name="search.index", max_retries=max_retries, request=SimpleNamespace(id=task_id)
+@pytest.fixture(autouse=True)
+def a_listener_of_the_worker(monkeypatch):
+    """The worker's registry knows the listener of the tasks below, as a worker's would."""
+    registry = dispatch_module.registry
+    listener = SimpleNamespace(name=LISTENER, task=SimpleNamespace(name=LISTENER))
+    monkeypatch.setattr(registry, "_listeners", {LISTENER: listener})
+
+
+class RunningTask:
+    """The listener task a worker runs: its request as Celery fills it."""
+
+    name = LISTENER
+
+    def __init__(self, task_id, max_retries, retries, redelivered, headers):
+        self.max_retries = max_retries
+        self.request = SimpleNamespace(
+            id=task_id,
+            retries=retries,
+            delivery_info={"routing_key": "q", "redelivered": redelivered},
+            headers=headers,
+        )
+
+
+def running(task_id="e1:search.index", max_retries=2, retries=0, redelivered=False, headers=None):
+    return RunningTask(task_id, max_retries, retries, redelivered, headers)
+
+
+def end(task, state=states.SUCCESS, retval=None):
+    """What a worker sends once the task's run is over."""
+    if state == states.FAILURE:
+        signals.task_failure.send(
+            sender=task, task_id=task.request.id, exception=RuntimeError("boom"), args=[{}]
+        )
+    signals.task_postrun.send(
+        sender=task, task_id=task.request.id, task=task, state=state, retval=retval
     )
 
 
-def test_a_listener_runs_while_its_deliveries_stay_within_its_attempts_and_one_more(dead_letters):
-    task = running(max_retries=2)
+def ignore(event):
+    return None
 
-    runs = [dispatch_module.within_deliveries(task, {"event_id": "e1"}) for _ in range(5)]
+
+class NoRedis:
+    """A Redis client that fails the test when it is used at all."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"Redis used: {name}")
+
+
+def test_a_successful_first_delivery_reads_and_writes_nothing_in_redis(monkeypatch):
+    store = DeadLetters(NoRedis())
+    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: store)
+    task = running()
+
+    assert dispatch_module.within_deliveries(task, {"event_id": "e1"})
+    end(task)
+
+
+def test_a_redelivery_is_counted_until_its_run_ends(dead_letters):
+    task = running(redelivered=True)
+
+    assert dispatch_module.within_deliveries(task, {"event_id": "e1"})
+
+    assert dead_letters.redeliveries("e1:search.index") == 1
+    [key] = dead_letters.client.keys()
+    assert key == b"notifier:dead_letters:redeliveries:e1:search.index"
+    assert 0 < dead_letters.client.ttl(key) <= 7 * 24 * 3600
+    end(task)
+    assert dead_letters.client.keys() == []
+
+
+@pytest.mark.parametrize(
+    ("state", "retval"),
+    [
+        (states.SUCCESS, None),
+        (states.FAILURE, None),
+        (states.IGNORED, None),
+        (states.REJECTED, Reject("bad", requeue=False)),
+    ],
+    ids=["success", "final-failure", "ignored", "rejected"],
+)
+def test_the_count_ends_with_the_run_whatever_its_end(dead_letters, state, retval):
+    task = running(redelivered=True)
+    dispatch_module.within_deliveries(task, {"event_id": "e1"})
+
+    end(task, state, retval)
+
+    assert dead_letters.redeliveries("e1:search.index") == 0
+
+
+@pytest.mark.parametrize(
+    ("state", "retval"),
+    [(states.RETRY, None), (states.REJECTED, Reject("again", requeue=True))],
+    ids=["retried", "requeued"],
+)
+def test_a_message_that_goes_on_keeps_its_count(dead_letters, state, retval):
+    task = running(redelivered=True)
+    dispatch_module.within_deliveries(task, {"event_id": "e1"})
+
+    end(task, state, retval)
+
+    assert dead_letters.redeliveries("e1:search.index") == 1
+
+
+def test_a_listener_runs_while_its_deliveries_stay_within_its_attempts_and_one_more(dead_letters):
+    first = running(max_retries=2)
+    redelivered = running(max_retries=2, redelivered=True)
+
+    runs = [dispatch_module.within_deliveries(first, {"event_id": "e1"})]
+    runs += [dispatch_module.within_deliveries(redelivered, {"event_id": "e1"}) for _ in range(4)]
 
     assert runs == [True, True, True, True, False]
     (letter,) = dead_letters
     assert letter.reason == "delivered 5 times without finishing: its worker died each time"
     assert letter.message == {"event_id": "e1"}
+    assert letter.listener == LISTENER
     assert letter.attempts == 4
+    assert dead_letters.redeliveries("e1:search.index") == 0  # it ended as a dead letter
+
+
+def test_retries_and_redeliveries_count_against_the_same_bound(dead_letters):
+    # max_retries=2 and one extra delivery: four deliveries, whichever way they come.
+    deliveries = [
+        running(retries=0),  # 1: its worker dies
+        running(retries=0, redelivered=True),  # 2: fails, retried
+        running(retries=1),  # 3: its worker dies
+        running(retries=1, redelivered=True),  # 4: fails, retried
+        running(retries=2),  # 5: one too many
+    ]
+
+    runs = [dispatch_module.within_deliveries(task, {"event_id": "e1"}) for task in deliveries]
+
+    assert runs == [True, True, True, True, False]
+    (letter,) = dead_letters
+    assert letter.reason == "delivered 5 times without finishing: its worker died each time"
 
 
 def test_each_message_has_its_own_count(dead_letters):
     for task_id in ("e1:a", "e2:a", "e3:a"):
-        assert dispatch_module.within_deliveries(running(task_id, max_retries=0), {})
+        assert dispatch_module.within_deliveries(
+            running(task_id, max_retries=0, redelivered=True), {}
+        )
+
+    assert [dead_letters.redeliveries(task_id) for task_id in ("e1:a", "e2:a", "e3:a")] == [1, 1, 1]
 
 
 def test_a_listener_called_directly_is_not_counted(dead_letters):
@@ -49,6 +185,15 @@ def test_a_listener_called_directly_is_not_counted(dead_letters):
 
     assert all(dispatch_module.within_deliveries(task, {}) for _ in range(5))
     assert len(dead_letters) == 0
+
+
+def test_the_count_of_a_task_that_is_no_listener_is_left_alone(monkeypatch):
+    store = DeadLetters(NoRedis())
+    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: store)
+    task = running(redelivered=True)
+    task.name = "notifier.dispatch"  # its dispatch task, say
+
+    end(task)
 
 
 class UnreachableRedis(fakeredis.FakeRedis):
@@ -80,32 +225,156 @@ def test_a_failed_listeners_message_is_logged_whole_when_the_dead_letters_are_ou
     assert 'the dead letters are out of reach; its message: {"event_id": "e9"}' in caplog.text
 
 
-def test_a_delivery_sent_back_to_its_queue_unrun_is_not_counted(dead_letters):
-    # An ordered listener whose objects were busy goes back to its queue: not an attempt.
-    task = running(max_retries=0)
-    for _ in range(5):
-        assert dispatch_module.within_deliveries(task, {"event_id": "e1"})
-        dispatch_module.forget_delivery(task)
-
-    runs = [dispatch_module.within_deliveries(task, {"event_id": "e1"}) for _ in range(3)]
-
-    assert runs == [True, True, False]
-
-
-class RedisThatCannotCount(fakeredis.FakeRedis):
-    def decr(self, *args, **kwargs):
-        raise redis.ConnectionError("Connection refused")
-
-
-def test_a_delivery_stays_counted_when_redis_is_out_of_reach(monkeypatch):
-    store = DeadLetters(RedisThatCannotCount())
+def test_a_first_delivery_sent_back_to_its_queue_unrun_carries_nothing(monkeypatch):
+    store = DeadLetters(NoRedis())
     monkeypatch.setattr(dispatch_module, "dead_letters", lambda: store)
 
-    dispatch_module.forget_delivery(running())
+    assert dispatch_module.forget_delivery(running()) == {}
 
 
-def test_the_workers_registry_orders_listeners_and_uncounts_their_deferred_deliveries():
+def test_a_redelivery_sent_back_to_its_queue_unrun_carries_its_count_in_the_task_sent_back(
+    dead_letters,
+):
+    # An ordered listener whose objects were busy goes back to its queue: not an attempt.
+    redelivered = running(max_retries=0, redelivered=True)
+    assert dispatch_module.within_deliveries(redelivered, {"event_id": "e1"})
+
+    headers = dispatch_module.forget_delivery(redelivered)
+    end(redelivered)  # the run that sent it back is over
+
+    assert headers == {"notifier_redeliveries": 1}
+    assert dead_letters.client.keys() == []
+    sent_back = running(max_retries=0, headers=headers)
+    assert dispatch_module.within_deliveries(sent_back, {"event_id": "e1"})  # its second run
+
+
+def test_a_message_whose_worker_dies_each_time_ends_in_the_dead_letters_though_sent_back(
+    dead_letters,
+):
+    # Each redelivery finds its objects still claimed by the dead worker and goes back to the
+    # queue; the task sent back runs, and its worker dies again.
+    headers = None
+    runs = []
+    for _ in range(3):
+        runs.append(dispatch_module.within_deliveries(running(max_retries=0, headers=headers), {}))
+        redelivered = running(max_retries=0, redelivered=True, headers=headers)
+        if not dispatch_module.within_deliveries(redelivered, {}):
+            break
+        headers = dispatch_module.forget_delivery(redelivered)
+        end(redelivered)
+
+    assert runs == [True, True]
+    (letter,) = dead_letters
+    assert letter.reason == "delivered 3 times without finishing: its worker died each time"
+
+
+class RedisOutOfReach(fakeredis.FakeRedis):
+    """A fake Redis that can be cut off: reads and deletes fail, as on a lost connection."""
+
+    reachable = True
+
+    def get(self, *args, **kwargs):
+        if not self.reachable:
+            raise redis.ConnectionError("Connection refused")
+        return super().get(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        if not self.reachable:
+            raise redis.ConnectionError("Connection refused")
+        return super().delete(*args, **kwargs)
+
+
+def test_a_delivery_stays_counted_when_redis_is_out_of_reach(monkeypatch, caplog):
+    client = RedisOutOfReach()
+    store = DeadLetters(client)
+    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: store)
+    redelivered = running(redelivered=True)
+    dispatch_module.within_deliveries(redelivered, {"event_id": "e1"})
+
+    client.reachable = False
+    headers = dispatch_module.forget_delivery(redelivered)
+    with caplog.at_level(logging.WARNING, logger="notifier"):
+        end(redelivered)
+    client.reachable = True
+
+    assert headers == {}
+    assert "could not delete the redelivery count of e1:search.index" in caplog.text
+    assert store.redeliveries("e1:search.index") == 1
+    # The task sent back, handed out again, counts on from there.
+    dispatch_module.within_deliveries(running(redelivered=True), {"event_id": "e1"})
+    assert store.redeliveries("e1:search.index") == 2
+
+
+def test_a_replayed_dead_letter_runs_with_all_its_attempts(dead_letters, monkeypatch, capsys):
+    registry = Registry(Celery("replay-tests", broker="memory://", set_as_current=False))
+    registry.listener("article", name=LISTENER, max_retries=2)(ignore)
+    task = registry[LISTENER].task
+    sent = []
+    monkeypatch.setattr(task, "apply_async", lambda **options: sent.append(options))
+    monkeypatch.setattr(cli, "registry", registry)
+    monkeypatch.setattr(cli, "open_store", lambda: dead_letters)
+    payload = {"resource_name": "article", "action": "create", "uri": "/articles"}
+    data = encode(payload, [{"new": {"id": "a1"}}], [0], "req-1").as_dict()
+    task_id = f"{data['event_id']}:{LISTENER}"
+    # Its first run: three redeliveries whose ends were never seen (Redis out of reach then).
+    for _ in range(3):
+        dispatch_module.within_deliveries(running(task_id, redelivered=True), data)
+    letter = dead_letters.add("RuntimeError: boom", data, listener=LISTENER, attempts=3)
+
+    assert cli.main(["replay", letter.id]) == 0
+
+    [replayed] = sent
+    assert replayed["task_id"] == task_id
+    attempts = [running(task_id, max_retries=2, retries=retries) for retries in range(3)]
+    assert [dispatch_module.within_deliveries(attempt, data) for attempt in attempts] == [
+        True,
+        True,
+        True,
+    ]
+    assert [letter.id for letter in dead_letters] == []
+
+
+class BusyGuard(OrderGuard):
+    """An order guard whose objects are always held by another run."""
+
+    def claim(self, *args, **kwargs):
+        raise ObjectsBusy("held by another run")
+
+
+class Deferring:
+    """An ordered listener's running task whose objects are busy: what it sends back."""
+
+    def __init__(self):
+        self.request = SimpleNamespace(id="e1:ordered", args=[{}], kwargs={}, retries=1)
+        self.sent = []
+
+    def apply_async(self, **options):
+        self.sent.append(options)
+
+
+def test_the_task_sent_back_to_its_queue_carries_the_headers_the_registry_is_given(monkeypatch):
+    guard = BusyGuard(fakeredis.FakeRedis(), wait=0)
+    registry = Registry(
+        Celery("defer-tests", broker="memory://", set_as_current=False),
+        order_guard=lambda: guard,
+        on_defer=lambda task: {"notifier_redeliveries": 2},
+    )
+    registry.listener("record", name="ordered", ordered=True)(ignore)
+    payload = {"resource_name": "record", "action": "update", "uri": "/records", "timestamp": 1}
+    data = encode(payload, [{"new": {"id": "r1", "last_modified": 1}}], [0], "r").as_dict()
+    task = Deferring()
+    monkeypatch.setattr("tasks.registry.current_task", task)
+
+    registry["ordered"].task.run(data)
+
+    [sent] = task.sent
+    assert sent["headers"] == {"notifier_redeliveries": 2}
+    assert (sent["task_id"], sent["retries"]) == ("e1:ordered", 1)
+
+
+def test_the_workers_registry_orders_listeners_and_carries_their_deferred_counts():
     registry = dispatch_module.registry
 
     assert registry.order_guard is dispatch_module.order_guard
     assert registry.on_defer is dispatch_module.forget_delivery
+    assert registry.may_run is dispatch_module.within_deliveries

@@ -51,6 +51,54 @@ def start_worker_side(code="import tasks", **environ):
             {"NOTIFIER_SEARCH_RESOURCES": "record", "NOTIFIER_SEARCH_PARENTS": "*"},
             "NOTIFIER_SEARCH_PARENTS = '*' is not valid",
         ),
+        *[
+            (
+                {"NOTIFIER_VISIBILITY_TIMEOUT": value},
+                f"NOTIFIER_VISIBILITY_TIMEOUT = {value!r} is not valid: a whole number of "
+                "seconds from 1 to 86400 (a day); default 30",
+            )
+            for value in ("abc", "0", "-5", "1.5", "86401", "")
+        ],
+        (
+            {"CELERY_BROKER_URL": "localhost:6379"},
+            "CELERY_BROKER_URL = 'localhost:6379' is not valid: a URL whose scheme is one of "
+            "redis, rediss, redis+socket, sentinel, memory (several URLs, for failover, "
+            "separated by ;), e.g. redis://localhost:6379/0",
+        ),
+        (
+            {"CELERY_BROKER_URL": "amqp://guest@rabbit//"},
+            "CELERY_BROKER_URL = 'amqp://guest@rabbit//' is not valid: a URL whose scheme is",
+        ),
+        (
+            {"CELERY_BROKER_URL": "redis://127.0.0.1:1/0;redis://redis:port/0"},
+            "CELERY_BROKER_URL = 'redis://127.0.0.1:1/0;redis://redis:port/0' is not valid",
+        ),
+        (
+            {"NOTIFIER_DEAD_LETTERS_URL": "redis-host:6379"},
+            "NOTIFIER_DEAD_LETTERS_URL = 'redis-host:6379' is not valid: a Redis URL: "
+            "redis://host:port/db, rediss://... (TLS) or unix:///path/to/socket",
+        ),
+        (
+            {"NOTIFIER_ORDER_URL": "http://redis:6379"},
+            "NOTIFIER_ORDER_URL = 'http://redis:6379' is not valid: a Redis URL: "
+            "redis://host:port/db, rediss://... (TLS) or unix:///path/to/socket; one Redis "
+            "server of version 5 or newer, not a Cluster",
+        ),
+        (
+            {"NOTIFIER_LISTENERS": "mylisteners, my-listeners.py"},
+            "NOTIFIER_LISTENERS = 'mylisteners, my-listeners.py' is not valid: Python module "
+            "names, separated by spaces or commas, e.g. mylisteners or myapp.listeners (not "
+            "'my-listeners.py': a module's dotted name, not a file name or path)",
+        ),
+        (
+            {"NOTIFIER_LISTENERS": "examples/listeners"},
+            "NOTIFIER_LISTENERS = 'examples/listeners' is not valid",
+        ),
+        (
+            {"CELERY_CONFIG_MODULE": "no_such_config"},
+            "CELERY_CONFIG_MODULE = 'no_such_config' is not valid: a module this worker can "
+            "import (from its working directory or PYTHONPATH), like notifier's celeryconfig",
+        ),
     ],
     ids=[
         "routes",
@@ -59,6 +107,20 @@ def start_worker_side(code="import tasks", **environ):
         "search-parent-also-a-resource",
         "search-parent-name",
         "search-parent-star",
+        "visibility-timeout-not-a-number",
+        "visibility-timeout-zero",
+        "visibility-timeout-negative",
+        "visibility-timeout-fraction",
+        "visibility-timeout-over-a-day",
+        "visibility-timeout-empty",
+        "broker-url-no-scheme",
+        "broker-url-another-transport",
+        "broker-url-failover-bad-port",
+        "dead-letters-url",
+        "order-url",
+        "listeners-file-name",
+        "listeners-path",
+        "config-module",
     ],
 )
 def test_a_bad_worker_setting_stops_the_worker_side_at_start_up(environ, error):
@@ -76,6 +138,28 @@ def test_good_worker_settings_start(tmp_path):
     )
 
     assert started.returncode == 0, started.stderr
+
+
+def test_the_visibility_timeout_sets_the_transports_and_its_sweep():
+    started = start_worker_side(
+        "from tasks.app import app; c = app.conf; o = c.broker_transport_options; "
+        "print(c.notifier_visibility_timeout, o['visibility_timeout'], "
+        "o['unacked_restore_interval'])",
+        NOTIFIER_VISIBILITY_TIMEOUT=" 45 ",
+    )
+
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.split() == ["45", "45", "4"]
+
+
+def test_a_configuration_module_that_imports_a_missing_module_says_which(tmp_path):
+    (tmp_path / "myconfig.py").write_text("import no_such_dependency\n")
+
+    started = start_worker_side(CELERY_CONFIG_MODULE="myconfig", PYTHONPATH=str(tmp_path))
+
+    assert started.returncode != 0
+    assert "No module named 'no_such_dependency'" in started.stderr
+    assert "ConfigurationError" not in started.stderr
 
 
 def test_the_search_index_listener_receives_the_deletes_of_its_parents(tmp_path):
