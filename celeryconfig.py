@@ -36,6 +36,9 @@ notifier_visibility_timeout = os.environ.get("NOTIFIER_VISIBILITY_TIMEOUT", "30"
 # The modules of listeners every worker imports (space or comma separated), so that all the
 # workers that dispatch events know the same listeners. `celery worker -I module` adds more.
 imports = os.environ.get("NOTIFIER_LISTENERS", "").replace(",", " ").split()
+# A worker that knows no listener refuses to start, unless it is meant only to dispatch (to the
+# listeners other workers know): NOTIFIER_DISPATCH_ONLY=true.
+notifier_dispatch_only = os.environ.get("NOTIFIER_DISPATCH_ONLY", "false")
 
 # notifier's own settings (see the README).
 notifier_routes = os.environ.get("NOTIFIER_ROUTES", "")

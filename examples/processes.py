@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -146,7 +146,9 @@ class CeleryWorker(Process):
         include: str | None = None,
         concurrency: int = 2,
         name: str = "worker",
+        options: Sequence[str] = (),
     ) -> None:
+        """``options``: more command-line options of ``celery worker`` (``-X notifier``)."""
         argv = [
             sys.executable, "-m", "celery", "-A", "tasks", "worker", "-l", "info",
             "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
@@ -154,6 +156,7 @@ class CeleryWorker(Process):
         ]  # fmt: skip
         if include:
             argv += ["-I", include]  # more listener modules, as an operator would add them
+        argv += options
         super().__init__(name, argv, directory / f"{name}.log", {**os.environ, **env})
         self.wait_until_ready(self.ready, 60, f"{name} ready")
 

@@ -21,6 +21,7 @@ import re
 from notifier.errors import ConfigurationError, ListenerError
 from notifier.settings import split_names
 from tasks import dispatch as _dispatch  # noqa: F401  (registers the dispatch task)
+from tasks import startup as _startup  # noqa: F401  (connects the worker's start-up checks)
 from tasks.app import app
 from tasks.app import registry as _registry
 from tasks.dead_letters import DeadLetter, DeadLetters

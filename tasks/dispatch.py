@@ -24,6 +24,7 @@ from notifier.message import DISPATCH_TASK, Message, decode
 from notifier.routing import DEFAULT_QUEUE
 from tasks.app import app, registry
 from tasks.batches import Batches, Delivery, listener_task_id
+from tasks.coverage import coverage
 from tasks.dead_letters import DeadLetters
 from tasks.inline import run_alone
 from tasks.ordering import OrderGuard
@@ -229,6 +230,13 @@ class DispatchRun:
         except MalformedMessage:
             return fan_out(data, self.registry, self.dead_letters, only, queue=self.queue)
         wanted = self.registry.matching(message, only)
+        # Listeners that other live workers know and this one lacks get it too (tasks/coverage.py);
+        # a retry for some of this worker's listeners did that already.
+        elsewhere = []
+        if only is None:
+            elsewhere = coverage(self.registry, self.dead_letters).cover(
+                message, data, wanted, self.queue
+            )
         listeners, in_batches = [], []
         for listener in wanted:
             if listener.batch is None:
@@ -238,7 +246,7 @@ class DispatchRun:
                 in_batches.append(listener.name)
         alone = [listener.name for listener in listeners]
         if not alone:
-            return in_batches
+            return in_batches + elsewhere
         try:
             again = bool(delivery.retries or delivery.redelivered)
             ran = run_alone(
@@ -262,7 +270,7 @@ class DispatchRun:
         except ListenersNotSent as exc:
             delivery.not_sent.extend(exc.listeners)
             ran = [name for name in alone if name not in exc.listeners]
-        return ran + in_batches
+        return ran + in_batches + elsewhere
 
     def take_more(self) -> None:
         """Take the next dispatch messages of the queue and handle each, within the bounds.

@@ -24,7 +24,7 @@ from tasks.batches import batch_runner, check_batch
 from tasks.event import Event
 from tasks.ordering import OrderGuard
 
-__all__ = ["DEFAULT_ACTIONS", "LISTENER_QUEUE", "RETRIES", "Listener", "Registry"]
+__all__ = ["DEFAULT_ACTIONS", "LISTENER_QUEUE", "RETRIES", "Listener", "Registry", "wants"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,25 +85,38 @@ class Listener:
     batch: int | None = None  # a batch listener: the most events one run receives
 
     def wants(self, message: Message) -> bool:
-        if self.is_parent_delete(message):
-            # A bucket's delete has no collection_id, yet drops the collections a
-            # where={"collection_id": ...} listener keeps: only the values it has must match.
-            return all(
-                message.payload.get(key) is None or message.payload.get(key) in values
-                for key, values in self.where.items()
-            )
-        return (
-            message.action in self.actions
-            and ("*" in self.resource_names or message.resource_name in self.resource_names)
-            and all(
-                isinstance(value := message.payload.get(key), str) and value in values
-                for key, values in self.where.items()
-            )
-        )
+        return wants(message, self.resource_names, self.actions, self.where, self.parents)
 
     def is_parent_delete(self, message: Message) -> bool:
         """Whether ``message`` deletes a parent of this listener's resources."""
         return message.action == "delete" and message.resource_name in self.parents
+
+
+def wants(
+    message: Message,
+    resource_names: Collection[str],
+    actions: Collection[str],
+    where: Mapping[str, Collection[str]],
+    parents: Collection[str],
+) -> bool:
+    """Whether a listener of these ``resource_names``, ``actions``, ``where`` and ``parents``
+    (as ``@listener`` checked them) wants ``message``: the one matching rule, for the listeners
+    of this worker and for those other workers announce (tasks/fleet.py)."""
+    if message.action == "delete" and message.resource_name in parents:
+        # A bucket's delete has no collection_id, yet drops the collections a
+        # where={"collection_id": ...} listener keeps: only the values it has must match.
+        return all(
+            message.payload.get(key) is None or message.payload.get(key) in values
+            for key, values in where.items()
+        )
+    return (
+        message.action in actions
+        and ("*" in resource_names or message.resource_name in resource_names)
+        and all(
+            isinstance(value := message.payload.get(key), str) and value in values
+            for key, values in where.items()
+        )
+    )
 
 
 def _as_event(argument: Event | Mapping[str, Any]) -> Event:

@@ -26,7 +26,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from notifier import publisher
+from notifier import persistence, publisher
 from notifier.listeners import AfterCommitListener, env_prefix, listener_name
 from notifier.settings import NotifierSettings, parse_settings
 from notifier.spool import Spool
@@ -74,6 +74,8 @@ def build_subscriber(config: Configurator, settings: NotifierSettings, name: str
     """The subscriber of ``settings``, with its publisher, and its outbox or spool (whose
     background threads start now: they publish what processes that are gone left behind)."""
     celery = publisher.CeleryPublisher(settings.broker_url, settings.publish_timeout)
+    # A broker that keeps nothing on disk is noticed now, not after a restart lost the queues.
+    persistence.check_broker(getattr(celery, "client", None), settings.broker_url)
     if settings.outbox is not None:
         from notifier.outbox import outbox_for  # SQLAlchemy: only with an outbox
 
