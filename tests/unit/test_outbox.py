@@ -12,7 +12,6 @@ themselves. The tests named after the relay thread let it run.
 import contextlib
 import json
 import logging
-import re
 import socket
 import sqlite3
 import threading
