@@ -3,10 +3,12 @@ goes on.
 
 A worker reads a queue in three steps, and a malformed message can fail each of them:
 
-1. kombu's Redis transport pops a queue item (BRPOP) and parses it as a kombu message: a JSON
+1. kombu's Redis transport takes a queue item and parses it as a kombu message: a JSON
    envelope of headers, properties and the encoded body. It has no guard there: an item that is
    no such envelope (``redis-cli LPUSH notifier 'not json'``) raises out of the worker's event
-   loop, the worker stops ("Unrecoverable error"), and the item is lost.
+   loop, the worker stops ("Unrecoverable error"), and the item is lost. (The consumer's
+   channel takes each item and registers it as unacknowledged in one step, so that a worker
+   killed at any instant loses none: tasks/broker/consuming.py.)
 2. Celery's consumer reads the envelope as a task message. For the failures it knows, it calls
    ``on_decode_error`` (a body it cannot decode), ``on_unknown_message`` (no task named),
    ``on_unknown_task`` (a task this worker does not have) and ``on_invalid_task`` (a message
@@ -25,11 +27,11 @@ keeping the message to Celery's own handling (its log line, acknowledging, signa
 backend, events) instead of replacing it. Two failures reach none of them, and need the two
 smallest hooks next to them: the task message handler that Celery builds
 (``create_task_handler``) is wrapped, to keep what it fails on; and the consumer's Redis
-connection reads each BRPOP reply through a redis-py response callback (redis-py's public way to
-read a reply) that checks the envelope before kombu parses it (Redis and Redis Sentinel, the
-brokers notifier runs on). A custom task strategy, a transport of our own (Celery would log it
-as the broker's URL scheme), or patching kombu or Celery would reach further into code that
-changes between releases.
+channel (tasks/broker/consuming.py, which takes each item) checks the envelope before kombu
+parses it, and gives what kombu could not deliver to ``on_unreadable`` (Redis and Redis
+Sentinel, the brokers notifier runs on). A custom task strategy, a transport of our own (Celery
+would log it as the broker's URL scheme), or patching kombu or Celery would reach further into
+code that changes between releases.
 """
 
 from __future__ import annotations
@@ -44,10 +46,9 @@ import kombu
 import redis
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
 from vine import promise as vine_promise
 
+from tasks.broker import AtomicChannel
 from tasks.dispatch import dead_letters
 
 __all__ = ["Consumer", "keep", "readable"]
@@ -181,34 +182,13 @@ class Consumer(CeleryConsumer):
         return self.ensure_connected(connection)
 
 
-class _CheckingChannel(kombu_redis.Channel):
-    """A Redis channel that keeps a queue item that is not a kombu message as a dead letter,
-    instead of letting it stop the worker."""
+class _CheckingChannel(AtomicChannel):
+    """A Redis channel that takes each message atomically (tasks/broker/consuming.py) and keeps
+    a queue item that is not a kombu message as a dead letter, instead of letting it stop the
+    worker."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # kombu pops each queue item with BRPOP on this client, then parses it without a guard.
-        self.client.set_response_callback("BRPOP", self._checked_reply)
-
-    def _checked_reply(self, reply: Any, **options: Any) -> tuple[Any, Any] | None:
-        if not reply:
-            return None  # BRPOP timed out
-        key, item = reply
-        # What kombu does next with the item, minus delivering it.
-        try:
-            envelope = loads(bytes_to_str(item))
-        except ValueError as exc:
-            problem = f"not JSON ({exc})"
-        else:
-            try:
-                self.Message(envelope, channel=self)
-            except Exception as exc:
-                problem = f"JSON, but not a kombu envelope ({_error(exc)})"
-            else:
-                return tuple(reply)  # redis-py's own BRPOP reply
-        queue = bytes_to_str(key).removeprefix(self.global_keyprefix).rsplit(self.sep, 1)[0]
+    def on_unreadable(self, queue: str, item: bytes, problem: str) -> None:
         keep(f"queue {queue!r}: not a Celery message: {problem}", readable(item), queue=queue)
-        return None  # as if BRPOP had timed out: kombu asks for the next item
 
 
 class _CheckingSentinelChannel(_CheckingChannel, kombu_redis.SentinelChannel):

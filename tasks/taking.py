@@ -26,9 +26,9 @@ Redis's Lua JSON reads more than Python's (hex numbers, nan, infinity), and komb
 at the first entry of the unacknowledged hash it cannot read, leaving all behind it there for
 good. So the taker holds what the script took first, then reads each item as kombu would: one
 it cannot read is :class:`Taken` with a ``problem``, which dispatch keeps as a dead letter and
-acknowledges before it handles anything else. The window left: a worker killed between the
-script and that acknowledgement (a few Redis round trips) leaves such an item in the hash, and
-the sweep raising on it (logged by the worker); ``HDEL unacked <tag>`` lets it go on.
+acknowledges before it handles anything else. A worker killed between the script and that
+acknowledgement (a few Redis round trips) leaves such an item in the hash: the workers' sweep
+sets it aside and goes on (``tasks.broker.consuming.AtomicQoS``).
 """
 
 from __future__ import annotations
