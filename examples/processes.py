@@ -81,10 +81,11 @@ class Process:
         if self.alive():
             os.kill(self.pid, signum)
 
-    def stop(self, timeout: float = 10) -> None:
-        """Ask the process to stop (SIGTERM), and kill it if it has not within ``timeout``."""
+    def stop(self, timeout: float = 10, signum: int | None = None) -> None:
+        """Ask the process to stop (``signum``, default SIGTERM), and kill it if it has not
+        within ``timeout``."""
         self.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM if signum is None else signum)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:

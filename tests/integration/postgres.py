@@ -137,12 +137,5 @@ class PostgresServer(Process):
     def stop(self, timeout: float = 10) -> None:
         """A fast shutdown (SIGINT: without waiting for clients to disconnect), then remove
         the data directory."""
-        self.signal(signal.SIGINT)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-        if not self._log_file.closed:
-            self._log_file.close()
+        super().stop(timeout, signal.SIGINT)
         shutil.rmtree(self.home, ignore_errors=True)
