@@ -7,6 +7,7 @@ from pathlib import Path
 import fakeredis
 import pytest
 
+import notifier.outbox
 from tasks.taking import Taker
 
 KINTO_EVENTS = Path(__file__).parent.parent / "fixtures" / "kinto-26-events.jsonl"
@@ -40,3 +41,20 @@ def taker(client):
     taker = Taker(client, visibility_timeout=30)
     taker.hold = lambda tags: None
     return taker
+
+
+@pytest.fixture
+def outboxes(monkeypatch):
+    """The outboxes that the apps of a test made; their threads stop with the test."""
+    made = []
+    real = notifier.outbox.outbox_for
+
+    def recording(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr("notifier.outbox.outbox_for", recording)
+    yield made
+    for outbox in made:
+        outbox.stop()
+        outbox.engine.dispose()

@@ -45,26 +45,16 @@ def publisher(monkeypatch):
 
 
 @pytest.fixture
-def outboxes(monkeypatch, publisher):
+def threadless_outboxes(outboxes, publisher, monkeypatch):
     """The outboxes of a test's apps, without their threads: the publisher's ``take`` does
     their work."""
-    made = publisher.outboxes
-    real = notifier.outbox.outbox_for
     monkeypatch.setattr(notifier.outbox.Outbox, "_ensure_thread", lambda self: None)
-
-    def recording(*args, **kwargs):
-        made.append(real(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr("notifier.outbox.outbox_for", recording)
-    yield made
-    for outbox in made:
-        outbox.stop()
-        outbox.engine.dispose()
+    publisher.outboxes = outboxes
+    return outboxes
 
 
 @pytest.fixture
-def app(publisher, tmp_path, outboxes, request):
+def app(publisher, tmp_path, threadless_outboxes, request):
     settings = {
         "sqlalchemy.url": f"sqlite:///{tmp_path}/articles.sqlite3",
         "search.index": str(tmp_path / "index.sqlite3"),
@@ -436,8 +426,9 @@ def test_with_the_outbox_each_message_is_committed_in_the_database_before_it_is_
 
 
 def test_a_command_line_run_has_the_outbox_in_the_apps_database(
-    publisher, outboxes, tmp_path, monkeypatch
+    publisher, threadless_outboxes, tmp_path, monkeypatch
 ):
+    outboxes = threadless_outboxes
     for variable in ("ARTICLES_DATABASE_URL", "NOTIFIER_SEARCH_INDEX", "NOTIFIER_OUTBOX"):
         monkeypatch.delenv(variable, raising=False)
     settings = settings_from_environ(str(tmp_path))

@@ -25,7 +25,6 @@ from pyramid.config import Configurator
 from sqlalchemy.orm import Session
 from webtest import TestApp
 
-import notifier.outbox
 from examples.articles import make_app
 from examples.processes import wait_until
 from notifier.errors import ConfigurationError, OutboxError
@@ -91,23 +90,6 @@ def rows(database):
     with contextlib.closing(sqlite3.connect(database)) as connection:
         found = connection.execute(f"SELECT message FROM {TABLE} ORDER BY id").fetchall()
     return [title_of(json.loads(text)) for (text,) in found]
-
-
-@pytest.fixture
-def outboxes(monkeypatch):
-    """The outboxes that the apps of a test made; their relay threads stop with the test."""
-    made = []
-    real = notifier.outbox.outbox_for
-
-    def recording(*args, **kwargs):
-        made.append(real(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr("notifier.outbox.outbox_for", recording)
-    yield made
-    for outbox in made:
-        outbox.stop()
-        outbox.engine.dispose()
 
 
 @pytest.fixture
