@@ -170,15 +170,15 @@ def parse_bool(options: Options, name: str, default: str) -> bool:
         raise ConfigurationError(key, value, "true or false") from None
 
 
-def parse_seconds(options: Options, name: str, default: str) -> float:
-    """A number of seconds in (0, 60]."""
+def parse_seconds(options: Options, name: str, default: str, most: float = 60) -> float:
+    """A number of seconds in (0, ``most``]."""
     key, value = options.get(name, default)
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not 0 < seconds <= 60:
-        raise ConfigurationError(key, value, "a number of seconds in (0, 60]")
+    if not 0 < seconds <= most:
+        raise ConfigurationError(key, value, f"a number of seconds in (0, {most:g}]")
     return seconds
 
 
@@ -289,20 +289,13 @@ def _parse_outbox(options: Options, settings: Mapping[str, Any]) -> OutboxSettin
             "the request attribute holding its SQLAlchemy session (dbsession), or the dotted "
             "name of a function of the request that returns it",
         )
-    relay_after_key, relay_after = options.get("outbox_relay_after", "10")
-    try:
-        seconds = float(relay_after)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= 3600:
-        raise ConfigurationError(relay_after_key, relay_after, "a number of seconds in (0, 3600]")
     return OutboxSettings(
         url=url,
         url_key=url_key,
         session=session,
         session_key=session_key,
         relay=parse_bool(options, "outbox_relay", "true"),
-        relay_after=seconds,
+        relay_after=parse_seconds(options, "outbox_relay_after", "10", most=3600),
     )
 
 
