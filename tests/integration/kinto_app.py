@@ -8,6 +8,8 @@ schema). The ``includeme`` below is a Kinto plugin for the tests only: ``/__conf
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +65,21 @@ def migrate(directory: Path, url: str) -> None:
     )  # fmt: skip
     if migration.returncode != 0:
         raise RuntimeError(f"kinto migrate failed:\n{migration.stdout}{migration.stderr}")
+
+
+#: The Basic credentials the tests write to Kinto with (any user and password do).
+AUTH = "Basic " + base64.b64encode(b"alice:secret").decode()
+
+
+def kinto_request(method: str, url: str, data: Any = None) -> urllib.request.Request:
+    """A request to Kinto with a JSON body (``data``) and the tests' credentials."""
+    body = None if data is None else json.dumps(data).encode()
+    return urllib.request.Request(
+        url,
+        data=body,
+        method=method,
+        headers={"Content-Type": "application/json", "Authorization": AUTH},
+    )
 
 
 def conflict(request: Any) -> Any:

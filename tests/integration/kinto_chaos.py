@@ -10,7 +10,6 @@ database's change log (tests/integration/change_log.py), not in what the writers
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import random
@@ -23,9 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.integration.kinto_app import KintoServer
+from tests.integration.kinto_app import KintoServer, kinto_request
 
-AUTH = "Basic " + base64.b64encode(b"alice:secret").decode()
 CONFLICT = {"method": "POST", "path": "/__conflict__"}
 #: The most record changes one request makes (a batch's writes): what one in-flight request
 #: can publish, and so publish twice.
@@ -43,13 +41,7 @@ Status = int | str
 
 def send(method: str, url: str, data: Any = None, timeout: float = 10) -> tuple[Status, Any]:
     """Kinto's status and body; ``(REFUSED, None)`` or ``(UNKNOWN, None)`` without an answer."""
-    body = None if data is None else json.dumps(data).encode()
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method=method,
-        headers={"Content-Type": "application/json", "Authorization": AUTH},
-    )
+    request = kinto_request(method, url, data)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.load(response)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import urllib.error
@@ -15,9 +14,8 @@ from typing import Any
 import pytest
 
 from examples.processes import wait_until
-from tests.integration.kinto_app import KintoServer
+from tests.integration.kinto_app import KintoServer, kinto_request
 
-AUTH = "Basic " + base64.b64encode(b"alice:secret").decode()
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "kinto-26-events.jsonl"
 
 
@@ -31,13 +29,7 @@ def kinto_fixture_payload_keys(step: str) -> set[str]:
 
 
 def call(method: str, url: str, data: Any = None) -> tuple[int, Any]:
-    body = None if data is None else json.dumps(data).encode()
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method=method,
-        headers={"Content-Type": "application/json", "Authorization": AUTH},
-    )
+    request = kinto_request(method, url, data)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.load(response)
