@@ -28,7 +28,7 @@ task_time_limit = 300
 # The Redis transport hands an unacknowledged message out again once it is older than the
 # visibility timeout: a short one brings back the messages of a worker that died (SIGKILL, a
 # lost machine) within seconds. Living workers refresh the messages they hold (see
-# tasks/visibility.py), so that a listener still running is not handed out twice. In seconds:
+# tasks/broker/visibility.py), so that a listener still running is not handed out twice. In seconds:
 # tasks/app.py checks it when it configures the worker, and derives the transport's
 # visibility_timeout and its sweep for abandoned messages from it.
 notifier_visibility_timeout = os.environ.get("NOTIFIER_VISIBILITY_TIMEOUT", "30")

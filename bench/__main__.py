@@ -32,12 +32,12 @@ from bench.listeners import RAW_QUEUE
 from bench.measure import RECORD, Row, ms, percentile, timed, us
 from bench.outbox import bench_kinto_postgresql
 from examples.processes import CeleryWorker, RedisServer, wait_until
-from notifier.message import encode
 from notifier.publisher import CeleryPublisher
 from notifier.settings import parse_settings
 from notifier.spool import Spool
 from notifier.subscriber import Subscriber
-from tasks.registry import LISTENER_QUEUE
+from notifier.wire.message import encode
+from tasks.listeners.registry import LISTENER_QUEUE
 
 #: The sections, in the table's order.
 SECTIONS = ("write", "publish", "workers", "outbox")

@@ -37,8 +37,8 @@ def includeme(config: Configurator) -> None:
     """Add ``request.notify_resource_changed`` and the publishing of committed events: by the
     listeners of ``notifier.event_listeners`` when set, else by Celery with the ``notifier.*``
     settings."""
-    # Imported here, not at the top: the worker side imports notifier.message and
-    # notifier.routing, and must not import Pyramid through this module.
+    # Imported here, not at the top: the worker side imports notifier.wire.message and
+    # notifier.wire.routing, and must not import Pyramid through this module.
     from notifier.errors import ConfigurationError
     from notifier.listeners import change_events, include_listeners, kinto_celery_listeners
     from notifier.listeners.celery import Listener, build_subscriber

@@ -37,8 +37,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from notifier.errors import ConfigurationError, OutboxError
-from notifier.message import Message, decode
 from notifier.settings import OutboxSettings
+from notifier.wire.message import Message, decode
 
 __all__ = ["TABLE", "Outbox", "create_table", "engine_for", "outbox_for", "table_exists"]
 

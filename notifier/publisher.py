@@ -16,7 +16,7 @@ from celery.utils.nodenames import anon_nodename
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from notifier.message import DISPATCH_TASK, Message
+from notifier.wire.message import DISPATCH_TASK, Message
 
 __all__ = ["CeleryPublisher", "direct_redis_url", "redis_url", "task_message"]
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from notifier.errors import ConfigurationError
 from notifier.events import ACTIONS
-from notifier.routing import RoutingTable
+from notifier.wire.routing import RoutingTable
 
 __all__ = [
     "DEFAULTS",

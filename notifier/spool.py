@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import IO
 
 from notifier.errors import SpoolFull
-from notifier.message import Message, decode
+from notifier.wire.message import Message, decode
 
 __all__ = ["Spool", "SpoolFile"]
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from uuid import uuid4
 
 from notifier.events import impacted_records_of
-from notifier.message import Message, encode, split
 from notifier.request import gave_up, give_up, shared_environ
 from notifier.settings import NotifierSettings
 from notifier.spool import Spool
+from notifier.wire.message import Message, encode, split
 
 if TYPE_CHECKING:
     from notifier.outbox import Outbox

@@ -20,14 +20,14 @@ import re
 
 from notifier.errors import ConfigurationError, ListenerError
 from notifier.settings import split_names
-from tasks import dispatch as _dispatch  # noqa: F401  (registers the dispatch task)
 from tasks import startup as _startup  # noqa: F401  (connects the worker's start-up checks)
 from tasks.app import app
 from tasks.app import registry as _registry
+from tasks.builtin.search import SearchIndex, update_search_index
 from tasks.dead_letters import DeadLetter, DeadLetters
-from tasks.event import Event
-from tasks.registry import Listener, Registry
-from tasks.search import SearchIndex, update_search_index
+from tasks.dispatch import task as _dispatch  # noqa: F401  (registers the dispatch task)
+from tasks.listeners.event import Event
+from tasks.listeners.registry import Listener, Registry
 
 __all__ = [
     # the Celery app

@@ -20,9 +20,9 @@ from celery.utils.text import str_to_list
 from kombu import Exchange, Queue
 
 from notifier.errors import ConfigurationError
-from notifier.routing import RoutingTable
-from tasks.registry import Registry
-from tasks.visibility import KeepDeliveriesVisible
+from notifier.wire.routing import RoutingTable
+from tasks.broker.visibility import KeepDeliveriesVisible
+from tasks.listeners.registry import Registry
 
 __all__ = ["app", "consume", "registry", "routing"]
 
@@ -157,10 +157,10 @@ def _queue(name: str) -> Queue:
 app.conf.task_queues = [_queue(name) for name in routing.queues]
 
 # Malformed messages never stop a worker: its consumer keeps them as dead letters (see
-# tasks/consumer.py). A configuration that names a consumer of its own keeps it, and should
-# derive it from tasks.consumer.Consumer.
+# tasks/broker/consumer.py). A configuration that names a consumer of its own keeps it, and should
+# derive it from tasks.broker.consumer.Consumer.
 if app.conf.worker_consumer == "celery.worker.consumer:Consumer":
-    app.conf.worker_consumer = "tasks.consumer:Consumer"
+    app.conf.worker_consumer = "tasks.broker.consumer:Consumer"
 
 
 class _ListenerQueues:
@@ -202,5 +202,6 @@ def _consume_listener_queues(instance: Any, **kwargs: Any) -> None:
 registry = Registry(app, on_new_queue=consume)
 
 
-# Living workers keep the messages they hold from being handed out again (tasks/visibility.py).
+# Living workers keep the messages they hold from being handed out again
+# (tasks/broker/visibility.py).
 app.steps["consumer"].add(KeepDeliveriesVisible)

@@ -4,8 +4,8 @@ configuration of the worker that happens to take it.
 Every worker, once its consumer started, writes what it knows into the dead-letter Redis
 (``NOTIFIER_DEAD_LETTERS_URL``), one field per worker of the hash ``notifier:fleet``: its
 hostname -> a JSON record of the queues it consumes and of each listener it knows (what
-:func:`tasks.registry.wants` reads: resource names, actions, ``where``, parents; and the task
-and queue that run it). It writes it again every third of :data:`FLEET_TTL`; readers leave out,
+:func:`tasks.listeners.registry.wants` reads: resource names, actions, ``where``, parents; and the
+task and queue that run it). It writes it again every third of :data:`FLEET_TTL`; readers leave out,
 and delete, the records not written for that long (a dead worker's), and the hash expires with
 the last worker. ``redis-cli HGETALL notifier:fleet`` shows them.
 
@@ -14,7 +14,7 @@ workers that consume the same dispatch queues, and logs an ERROR naming the list
 lacks (:func:`report`).
 
 Dispatch reads the fleet to give each message to the listeners this worker lacks
-(:mod:`tasks.coverage`).
+(:mod:`tasks.dispatch.coverage`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import redis
 from celery import bootsteps
 
 from notifier.errors import ConfigurationError
-from notifier.message import Message
+from notifier.wire.message import Message
 from tasks.app import registry as worker_registry
 from tasks.app import routing
-from tasks.registry import Listener, Registry, wants
+from tasks.listeners.registry import Listener, Registry, wants
 
 __all__ = [
     "FLEET_KEY",

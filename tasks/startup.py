@@ -4,7 +4,7 @@
   refuses to start (:func:`check_listeners`), unless ``NOTIFIER_DISPATCH_ONLY=true`` says it is
   meant only to dispatch, to the listeners of other workers.
 - Its Redis servers keep on disk what they hold: the broker's queues, the dead letters and the
-  ordered listeners' versions (:mod:`notifier.persistence`: a WARNING, never a failure).
+  ordered listeners' versions (:mod:`notifier.wire.persistence`: a WARNING, never a failure).
 - It announces its listeners to the fleet, and compares them with the other workers'
   (:mod:`tasks.fleet`), from a consumer step.
 """
@@ -24,11 +24,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from notifier.errors import ConfigurationError
-from notifier.persistence import check_persistence, safe_url
 from notifier.publisher import direct_redis_url
+from notifier.wire.persistence import check_persistence, safe_url
 from tasks.app import app, registry
 from tasks.fleet import AnnounceListeners, dispatch_only
-from tasks.registry import Registry
+from tasks.listeners.registry import Registry
 
 __all__ = ["check_listeners", "check_redis_persistence"]
 

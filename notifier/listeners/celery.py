@@ -26,11 +26,12 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from notifier import persistence, publisher
+from notifier import publisher
 from notifier.listeners import AfterCommitListener, env_prefix, listener_name
 from notifier.settings import NotifierSettings, parse_settings
 from notifier.spool import Spool
 from notifier.subscriber import Subscriber
+from notifier.wire import persistence
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator

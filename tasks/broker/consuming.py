@@ -35,9 +35,9 @@ its reply, parsed under the name ``BRPOP``, and deliver it) and what they use (`
 routing_key]`` in the ``unacked`` hash under the delivery tag (the envelope's
 ``properties.delivery_tag``), the tag scored by the time it was taken in ``unacked_index``, both
 named by the ``unacked_key``/``unacked_index_key`` transport options and the global key prefix.
-kombu's acknowledgement, its sweep (``restore_visible``), tasks/visibility.py's refresh and
-dispatch's taker (tasks/taking.py) share that layout. The waits need Redis 6.2 (BLMOVE) to end
-when a message comes.
+kombu's acknowledgement, its sweep (``restore_visible``), tasks/broker/visibility.py's refresh and
+dispatch's taker (tasks/broker/taking.py) share that layout. The waits need Redis 6.2 (BLMOVE) to
+end when a message comes.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class AtomicQoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         if getattr(self.channel, "_delivering_taken", False):
             # kombu 5.7.0: virtual.QoS.append keeps the message among those this channel
-            # holds (QoS._delivered, which acks and tasks/visibility.py read).
+            # holds (QoS._delivered, which acks and tasks/broker/visibility.py read).
             virtual.QoS.append(self, message, delivery_tag)
         else:
             super().append(message, delivery_tag)

@@ -39,12 +39,12 @@ from kombu.exceptions import KombuError
 from kombu.utils.url import maybe_sanitize_url
 
 from notifier.errors import MalformedMessage, NotifierError
-from notifier.message import decode
-from notifier.routing import DEFAULT_QUEUE
+from notifier.wire.message import decode
+from notifier.wire.routing import DEFAULT_QUEUE
 from tasks.app import app, registry, routing
-from tasks.batches import listener_task_id
 from tasks.dead_letters.store import DeadLetter, DeadLetters
-from tasks.dispatch import dispatch
+from tasks.dispatch.task import dispatch
+from tasks.listeners.batch import listener_task_id
 
 __all__ = ["main", "open_store"]
 

@@ -15,7 +15,8 @@ and the message as it was received. Adding and removing a letter change both key
 transaction; getting or removing one by id does not read the others.
 
 The same Redis counts the redeliveries of the listeners' messages in flight, the bound before a
-message whose worker dies every time becomes a dead letter (``tasks.dispatch.within_deliveries``)::
+message whose worker dies every time becomes a dead letter
+(``tasks.dispatch.task.within_deliveries``)::
 
     notifier:dead_letters:redeliveries:TASK_ID   a count: how many times the Redis transport
                                                  handed the message out again

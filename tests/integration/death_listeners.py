@@ -2,8 +2,8 @@
 counts what it receives in Redis, ``deaths:received:<listener>``: event id -> deliveries.
 
 ``alone`` is the one listener of the ``alone`` events (dispatch runs it itself, see
-tasks/inline.py); ``first``, ``second`` and ``third`` are the three listeners of the ``three``
-events (one task each). Each takes a few milliseconds, as a listener that writes somewhere
+tasks/dispatch/inline.py); ``first``, ``second`` and ``third`` are the three listeners of the
+``three`` events (one task each). Each takes a few milliseconds, as a listener that writes somewhere
 does, so that kills land inside listeners too.
 """
 

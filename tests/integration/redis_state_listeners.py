@@ -29,7 +29,7 @@ def count_pair_second(event: Event) -> None:
 
 @listener("alone")
 def count_alone(event: Event) -> None:
-    # The only listener of its events: dispatch runs it itself (tasks/inline.py).
+    # The only listener of its events: dispatch runs it itself (tasks/dispatch/inline.py).
     _redis.incr("state:alone")
 
 

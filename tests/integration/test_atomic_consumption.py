@@ -49,7 +49,7 @@ def queue(name: str) -> Queue:
 
 def connection(broker: RedisServer, **options: Any) -> Connection:
     connection = Connection(broker.url, transport_options=options)
-    connection.transport.Channel = RecordingChannel  # as tasks/consumer.py sets it
+    connection.transport.Channel = RecordingChannel  # as tasks/broker/consumer.py sets it
     return connection
 
 

@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from examples.processes import CeleryWorker, RedisServer, wait_until
-from notifier.message import encode
 from notifier.publisher import CeleryPublisher
+from notifier.wire.message import encode
 
 VISIBILITY_TIMEOUT = 6  # seconds: short, so that the tests are too
 

@@ -22,7 +22,7 @@ import redis
 from celery import Celery
 
 from examples.processes import ROOT, RedisServer, wait_until
-from notifier.message import DISPATCH_TASK, encode
+from notifier.wire.message import DISPATCH_TASK, encode
 from tasks.dead_letters import DeadLetter, DeadLetters
 
 #: The key that tells tests/integration/listeners.py's fail_until_fixed to stop failing.

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from examples.processes import CeleryWorker, wait_until
-from notifier.message import encode
 from notifier.publisher import CeleryPublisher
+from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
 from tests.integration.received import Received
 

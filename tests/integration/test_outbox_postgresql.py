@@ -12,8 +12,8 @@ from collections import Counter
 
 import sqlalchemy as sa
 
-from notifier.message import Message, encode
 from notifier.outbox import TABLE, Outbox, create_table, engine_for
+from notifier.wire.message import Message, encode
 from tests.integration.postgres import PostgresServer
 
 

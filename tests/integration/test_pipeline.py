@@ -13,7 +13,7 @@ import redis
 from celery import Celery
 
 from examples.processes import CeleryWorker, RedisServer, WebApp, wait_until
-from notifier.message import DISPATCH_TASK
+from notifier.wire.message import DISPATCH_TASK
 from tasks.dead_letters import DeadLetters
 from tests.integration.received import Received
 

@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from examples.processes import ROOT, CeleryWorker, RedisServer, wait_until
-from notifier.message import encode
 from notifier.publisher import CeleryPublisher
+from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
 from tests.integration.conftest import own_redis_server
 

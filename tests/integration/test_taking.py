@@ -14,12 +14,12 @@ from celery import Celery
 from kombu import Connection
 
 from examples.processes import RedisServer
-from notifier.message import DISPATCH_TASK, encode
 from notifier.publisher import task_message
+from notifier.wire.message import DISPATCH_TASK, encode
+from tasks.broker.taking import Taker
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch import DispatchRun
-from tasks.registry import Registry
-from tasks.taking import Taker
+from tasks.dispatch.task import DispatchRun
+from tasks.listeners.registry import Registry
 from tests.integration.conftest import own_redis_server
 
 QUEUE = "notifier"

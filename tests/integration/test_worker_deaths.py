@@ -5,8 +5,8 @@ counted and bounded).
 Two workers consume the events; one of them is SIGKILLed (its pool with it, as a lost machine
 would be) at a random, seeded moment, replaced, and killed again, ``KILLS`` times. Events are
 published at a steady pace with the web side's publisher, half of them for one listener alone
-(which dispatch runs itself, tasks/inline.py), half for three (one task each). Once the queues
-and kombu's ``unacked`` hash are empty, each listener's count of every event is read.
+(which dispatch runs itself, tasks/dispatch/inline.py), half for three (one task each). Once the
+queues and kombu's ``unacked`` hash are empty, each listener's count of every event is read.
 
 ``NOTIFIER_DEATHS_KILLS`` and ``NOTIFIER_DEATHS_SEED`` change the run;
 ``NOTIFIER_DEATHS_TRACE=1`` records every broker command and says, for each message lost, where
@@ -26,8 +26,8 @@ from pathlib import Path
 import redis
 
 from examples.processes import CeleryWorker, RedisServer
-from notifier.message import encode
 from notifier.publisher import CeleryPublisher
+from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
 from tests.integration.broker_trace import Monitor, history, where_lost
 from tests.integration.conftest import own_redis_server
@@ -180,7 +180,7 @@ def explain(report: Report, trace: Path, logs: Path) -> None:
     for name, event_ids in report.lost.items():
         for event_id in event_ids:
             print(f"--- {name} lost {event_id}")
-            listener_task = f"{event_id}:{LISTENER_MODULE}.{name}"  # tasks/batches.py
+            listener_task = f"{event_id}:{LISTENER_MODULE}.{name}"  # tasks/listeners/batch.py
             for task, key in ((event_id, None), (listener_task, RECEIVED.format(name))):
                 steps = history(trace, task, key)
                 for step in steps:

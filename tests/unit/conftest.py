@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 
 import notifier.outbox
-from tasks.taking import Taker
+from tasks.broker.taking import Taker
 
 KINTO_EVENTS = Path(__file__).parent.parent / "fixtures" / "kinto-26-events.jsonl"
 

@@ -9,13 +9,13 @@ from celery import Celery
 from celery._state import _task_stack  # type: ignore[attr-defined]
 
 from notifier.errors import ListenerError
-from notifier.message import DISPATCH_TASK, encode
-from notifier.message import split as split_event
 from notifier.publisher import task_message
-from tasks.batches import batch_task_id, run_batch
+from notifier.wire.message import DISPATCH_TASK, encode
+from notifier.wire.message import split as split_event
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch import DispatchRun, fan_out
-from tasks.registry import Registry
+from tasks.dispatch.task import DispatchRun, fan_out
+from tasks.listeners.batch import batch_task_id, run_batch
+from tasks.listeners.registry import Registry
 
 QUEUE = "notifier"
 
@@ -117,7 +117,7 @@ def test_dispatch_sends_one_task_with_the_messages_it_took_for_a_batch_listener(
         queue_dispatch(client, data)
     run = DispatchRun(registry, dead_letters, QUEUE, taker)
 
-    from tasks.batches import Delivery
+    from tasks.listeners.batch import Delivery
 
     assert run.handle(Delivery(messages[0])) == ["bulk.index"]
     run.take_more()

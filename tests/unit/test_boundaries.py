@@ -40,7 +40,7 @@ def test_importing_the_worker_side_imports_no_pyramid():
         "import tasks\n"
         "from tasks import app, listener, SearchIndex\n"
         "from tasks.app import registry\n"
-        "from tasks.dispatch import dispatch\n"
+        "from tasks.dispatch.task import dispatch\n"
         "print(json.dumps(sorted(sys.modules)))\n",
         NOTIFIER_SEARCH_RESOURCES="article",
     )
@@ -70,7 +70,8 @@ def test_the_web_side_never_imports_the_worker_side():
     modules = run_python(
         "import sys, json\n"
         "import notifier\n"
-        "from notifier import errors, events, message, publisher, request, routing, settings\n"
+        "from notifier import errors, events, publisher, request, settings\n"
+        "from notifier.wire import message, persistence, routing\n"
         "from notifier import subscriber\n"
         "from pyramid.config import Configurator\n"
         "with Configurator(settings={'notifier.broker_url': 'memory://'}) as config:\n"
@@ -83,10 +84,10 @@ def test_the_web_side_never_imports_the_worker_side():
 
 
 def test_worker_modules_can_be_imported_as_modules():
-    # As for any package: `import tasks.registry as module` gives the module, so that users can
-    # reach its names, and monkeypatch.setattr("tasks.dispatch.registry", ...) works.
-    import tasks.dispatch as dispatch_module
-    import tasks.registry as registry_module
+    # As for any package: `import tasks.listeners.registry as module` gives the module, so that
+    # users can reach its names, and monkeypatch.setattr("tasks.dispatch.task.registry", ...) works.
+    import tasks.dispatch.task as dispatch_module
+    import tasks.listeners.registry as registry_module
 
-    assert registry_module.Registry is importlib.import_module("tasks.registry").Registry
-    assert dispatch_module.fan_out is importlib.import_module("tasks.dispatch").fan_out
+    assert registry_module.Registry is importlib.import_module("tasks.listeners.registry").Registry
+    assert dispatch_module.fan_out is importlib.import_module("tasks.dispatch.task").fan_out

@@ -11,11 +11,11 @@ import fakeredis
 import pytest
 from celery import Celery, signals
 
-from notifier.message import encode
+from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetter, DeadLetters
-from tasks.registry import Registry
+from tasks.listeners.registry import Registry
 
-dispatch_module = importlib.import_module("tasks.dispatch")
+dispatch_module = importlib.import_module("tasks.dispatch.task")
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from notifier.message import encode
+from notifier.wire.message import encode
 from tasks.app import app
 from tasks.dead_letters import DeadLetters, cli
-from tasks.registry import Registry
+from tasks.listeners.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""tasks.consumer: what a worker cannot read is kept as a dead letter, with what was wrong.
+"""tasks.broker.consumer: what a worker cannot read is kept as a dead letter, with what was wrong.
 
 The BRPOP check runs on a channel object built without a connection: it needs none to read a
 reply. The consumer's Celery hooks are exercised by tests/integration/test_dead_letters.py, on a
@@ -17,7 +17,7 @@ from kombu.transport.redis import Channel as KombuChannel
 
 from tasks.dead_letters import DeadLetters
 
-consumer = importlib.import_module("tasks.consumer")
+consumer = importlib.import_module("tasks.broker.consumer")
 
 
 @pytest.fixture
@@ -150,4 +150,4 @@ def test_a_body_is_shown_as_json_text_or_bytes(body, shown):
 def test_workers_use_the_consumer_that_keeps_malformed_messages():
     from tasks.app import app
 
-    assert app.conf.worker_consumer == "tasks.consumer:Consumer"
+    assert app.conf.worker_consumer == "tasks.broker.consumer:Consumer"

@@ -1,4 +1,4 @@
-"""tasks.dispatch.within_deliveries: a listener whose whole worker dies each time is stopped,
+"""tasks.dispatch.task.within_deliveries: a listener whose whole worker dies each time is stopped,
 and the Redis it counts in holds only what is in flight.
 
 A delivery is the task's attempt plus the redeliveries of its message: a first delivery costs
@@ -17,12 +17,12 @@ from celery import Celery, signals, states
 from celery.exceptions import Reject
 
 from notifier.errors import ObjectsBusy
-from notifier.message import encode
+from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters, cli
-from tasks.ordering import OrderGuard
-from tasks.registry import Registry
+from tasks.listeners.ordered import OrderGuard
+from tasks.listeners.registry import Registry
 
-dispatch_module = importlib.import_module("tasks.dispatch")
+dispatch_module = importlib.import_module("tasks.dispatch.task")
 
 LISTENER = "search.index"
 
@@ -363,7 +363,7 @@ def test_the_task_sent_back_to_its_queue_carries_the_headers_the_registry_is_giv
     payload = {"resource_name": "record", "action": "update", "uri": "/records", "timestamp": 1}
     data = encode(payload, [{"new": {"id": "r1", "last_modified": 1}}], [0], "r").as_dict()
     task = Deferring()
-    monkeypatch.setattr("tasks.registry.current_task", task)
+    monkeypatch.setattr("tasks.listeners.registry.current_task", task)
 
     registry["ordered"].task.run(data)
 

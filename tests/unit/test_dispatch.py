@@ -1,4 +1,4 @@
-"""tasks.dispatch: every matching listener gets each message once, as its own task.
+"""tasks.dispatch.task: every matching listener gets each message once, as its own task.
 
 The listener tasks' sends are recorded instead of reaching a broker; dead letters live in
 fakeredis.
@@ -14,13 +14,13 @@ from celery import Celery, signals
 from kombu.exceptions import OperationalError
 
 from notifier.errors import ListenersNotSent
-from notifier.message import decode, encode
+from notifier.wire.message import decode, encode
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch import dispatch, fan_out
-from tasks.registry import Registry
+from tasks.dispatch.task import dispatch, fan_out
+from tasks.listeners.registry import Registry
 
 # By module: the package's own ``dispatch`` attribute is the dispatch task.
-dispatch_module = importlib.import_module("tasks.dispatch")
+dispatch_module = importlib.import_module("tasks.dispatch.task")
 
 
 class SentTasks:

@@ -1,5 +1,5 @@
-"""tasks.fleet, tasks.coverage and tasks.startup: no event is lost to the configuration of one
-worker.
+"""tasks.fleet, tasks.dispatch.coverage and tasks.startup: no event is lost to the configuration of
+one worker.
 
 The fleet lives in fakeredis; the listener tasks that dispatch hands to other workers are
 recorded instead of reaching a broker.
@@ -15,10 +15,9 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from notifier.errors import ConfigurationError
-from notifier.message import decode
-from tasks.batches import Delivery
-from tasks.coverage import VIEW_MAX_AGE, Coverage, coverage
+from notifier.wire.message import decode
 from tasks.dead_letters import DeadLetters
+from tasks.dispatch.coverage import VIEW_MAX_AGE, Coverage, coverage
 from tasks.fleet import (
     AnnounceListeners,
     Announcer,
@@ -29,11 +28,12 @@ from tasks.fleet import (
     record_of,
     report,
 )
-from tasks.registry import Registry
+from tasks.listeners.batch import Delivery
+from tasks.listeners.registry import Registry
 from tasks.startup import check_listeners
 from tests.unit.test_dispatch import ignore, message
 
-dispatch_module = importlib.import_module("tasks.dispatch")
+dispatch_module = importlib.import_module("tasks.dispatch.task")
 fleet_module = importlib.import_module("tasks.fleet")
 
 

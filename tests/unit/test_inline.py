@@ -1,5 +1,5 @@
-"""tasks.inline: the first attempt of a message's lone listener, run in dispatch, ends as that
-listener's own task would: Celery's Ignore and Reject are no failures."""
+"""tasks.dispatch.inline: the first attempt of a message's lone listener, run in dispatch, ends as
+that listener's own task would: Celery's Ignore and Reject are no failures."""
 
 import json
 
@@ -8,10 +8,10 @@ import pytest
 from celery import Celery
 from celery.exceptions import Ignore, Reject
 
-from notifier.message import encode
+from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
-from tasks.inline import run_alone
-from tasks.registry import Registry
+from tasks.dispatch.inline import run_alone
+from tasks.listeners.registry import Registry
 
 
 @pytest.fixture

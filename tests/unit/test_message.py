@@ -7,11 +7,11 @@ from celery import Celery
 
 from notifier.errors import MalformedMessage
 from notifier.events import AfterResourceChanged
-from notifier.message import SCHEMA_VERSION, Message, decode, encode, split
 from notifier.settings import parse_settings
 from notifier.subscriber import Subscriber
-from tasks.event import Event
-from tasks.registry import Registry
+from notifier.wire.message import SCHEMA_VERSION, Message, decode, encode, split
+from tasks.listeners.event import Event
+from tasks.listeners.registry import Registry
 from tests.unit.conftest import kinto_events
 
 PAYLOAD = {

@@ -1,4 +1,4 @@
-"""tasks.registry: ``@listener(..., ordered=True)`` runs through the order guard.
+"""tasks.listeners.registry: ``@listener(..., ordered=True)`` runs through the order guard.
 
 Each test has a Celery app, a Registry and an OrderGuard (in a fake Redis) of its own. A
 listener's task is run with ``.run()``: outside a worker, or in a fake running task that
@@ -12,13 +12,13 @@ import fakeredis
 import pytest
 from celery import Celery, signals
 
-import tasks.registry
+import tasks.listeners.registry
 from notifier.errors import ListenerError
 from notifier.errors import ObjectsBusy as Busy
-from notifier.message import decode, encode
-from tasks.event import Event
-from tasks.ordering import OrderGuard
-from tasks.registry import Registry
+from notifier.wire.message import decode, encode
+from tasks.listeners.event import Event
+from tasks.listeners.ordered import OrderGuard
+from tasks.listeners.registry import Registry
 
 
 class RecordingGuard(OrderGuard):
@@ -72,7 +72,7 @@ def in_worker(monkeypatch):
 
     def running(task_id, message, **options):
         task = RunningTask(task_id, message, **options)
-        monkeypatch.setattr(tasks.registry, "current_task", task)
+        monkeypatch.setattr(tasks.listeners.registry, "current_task", task)
         return task
 
     return running
@@ -330,7 +330,7 @@ def test_the_task_sent_back_to_the_queue_keeps_its_id_args_and_attempts(
         published.append((headers, routing_key, body))
 
     task.push_request(id="task-1", args=[data], kwargs={}, retries=2)
-    monkeypatch.setattr(tasks.registry, "current_task", task)
+    monkeypatch.setattr(tasks.listeners.registry, "current_task", task)
     signals.before_task_publish.connect(record_published)
     try:
         task.run(data)

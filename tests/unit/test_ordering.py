@@ -1,5 +1,5 @@
-"""tasks.ordering.OrderGuard: an ordered listener never applies an older version of an object
-after a newer one, whatever order Celery delivers the events in.
+"""tasks.listeners.ordered.OrderGuard: an ordered listener never applies an older version of an
+object after a newer one, whatever order Celery delivers the events in.
 
 The guard lives in a fake Redis that runs its Lua scripts; its ``sleep`` is a fake that records
 the pauses, so that waiting costs no time.
@@ -11,9 +11,9 @@ import fakeredis
 import pytest
 
 from notifier.errors import ObjectsBusy as Busy
-from notifier.message import encode
-from tasks.event import Event
-from tasks.ordering import OrderGuard, version_of
+from notifier.wire.message import encode
+from tasks.listeners.event import Event
+from tasks.listeners.ordered import OrderGuard, version_of
 
 LISTENER = "search.index"
 PARENTS = ("bucket", "collection")

@@ -28,8 +28,8 @@ from webtest import TestApp
 from examples.articles import make_app
 from examples.processes import wait_until
 from notifier.errors import ConfigurationError, OutboxError
-from notifier.message import encode
 from notifier.outbox import TABLE, Outbox, create_table, main
+from notifier.wire.message import encode
 
 # -- the broker, the database, the app ----------------------------------------------------------
 

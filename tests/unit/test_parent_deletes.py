@@ -1,7 +1,7 @@
 """Parent deletes: the delete of a bucket, a collection or a blog drops every record under it.
 
-``@listener(..., parents=(...))`` receives those deletes (tasks.registry), which say what to
-drop (``Event.deleted_parents``), and the search index drops what is under them
+``@listener(..., parents=(...))`` receives those deletes (tasks.listeners.registry), which say what
+to drop (``Event.deleted_parents``), and the search index drops what is under them
 (``SearchIndex.apply(event, parents)``). The Kinto events are the golden ones Kinto 26.5 sent.
 """
 
@@ -10,13 +10,13 @@ import pytest
 from celery import Celery, signals
 
 from notifier.errors import ListenerError
-from notifier.message import encode
+from notifier.wire.message import encode
+from tasks.builtin.search import SearchIndex
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch import fan_out
-from tasks.event import Event, scopes_above
-from tasks.ordering import OrderGuard
-from tasks.registry import Registry
-from tasks.search import SearchIndex
+from tasks.dispatch.task import fan_out
+from tasks.listeners.event import Event, scopes_above
+from tasks.listeners.ordered import OrderGuard
+from tasks.listeners.registry import Registry
 from tests.unit.conftest import kinto_events
 
 KINTO_PARENTS = frozenset({"bucket", "collection"})

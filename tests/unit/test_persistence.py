@@ -1,4 +1,4 @@
-"""notifier.persistence: a Redis that would lose what notifier keeps in it is warned about at
+"""notifier.wire.persistence: a Redis that would lose what notifier keeps in it is warned about at
 start-up, by web processes and workers; nothing fails because of it.
 
 A fake client answers CONFIG GET as a configured redis-server would; fakeredis refuses CONFIG,
@@ -13,9 +13,9 @@ import redis
 from celery import Celery
 from pyramid.config import Configurator
 
-from notifier import persistence
-from notifier.persistence import check_persistence, persistence_warning, safe_url
-from tasks.registry import Registry
+from notifier.wire import persistence
+from notifier.wire.persistence import check_persistence, persistence_warning, safe_url
+from tasks.listeners.registry import Registry
 from tasks.startup import check_redis_persistence
 
 BROKER = "the broker Redis at redis://broker:6379/0"

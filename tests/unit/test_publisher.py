@@ -13,8 +13,8 @@ from kombu.exceptions import EncodeError
 from kombu.transport.redis import Channel
 from kombu.transport.virtual import Message as kombu_message
 
-from notifier.message import DISPATCH_TASK, decode, encode
 from notifier.publisher import CeleryPublisher, task_message
+from notifier.wire.message import DISPATCH_TASK, decode, encode
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""tasks.registry: ``@listener`` validates when applied and returns the function unchanged.
+"""tasks.listeners.registry: ``@listener`` validates when applied and returns the function
+unchanged.
 
 Each test has a Celery app and a Registry of its own (the conftest keeps the tasks a test
 creates out of the Celery apps of the tests after it).
@@ -9,11 +10,11 @@ import pytest
 from celery import Celery, signals
 
 from notifier.errors import ListenerError, MalformedMessage
-from notifier.message import encode
+from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch import fan_out
-from tasks.event import Event
-from tasks.registry import DEFAULT_ACTIONS, Registry
+from tasks.dispatch.task import fan_out
+from tasks.listeners.event import Event
+from tasks.listeners.registry import DEFAULT_ACTIONS, Registry
 
 
 @pytest.fixture

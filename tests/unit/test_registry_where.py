@@ -1,4 +1,5 @@
-"""tasks.registry: ``@listener(where=...)`` keeps only the messages whose payload has the values.
+"""tasks.listeners.registry: ``@listener(where=...)`` keeps only the messages whose payload has the
+values.
 
 Kinto users ask for per-bucket hooks: ``where={"bucket_id": "blog"}``. Each test has a Celery
 app and a Registry of its own.
@@ -9,10 +10,10 @@ import pytest
 from celery import Celery
 
 from notifier.errors import ListenerError
-from notifier.message import encode
+from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch import fan_out
-from tasks.registry import Registry
+from tasks.dispatch.task import fan_out
+from tasks.listeners.registry import Registry
 
 
 @pytest.fixture

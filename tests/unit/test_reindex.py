@@ -7,8 +7,8 @@ from webtest import TestApp
 
 from examples import reindex
 from examples.articles import make_app
-from tasks.event import Event
-from tasks.search import SearchIndex
+from tasks.builtin.search import SearchIndex
+from tasks.listeners.event import Event
 from tests.unit.test_example_app import RecordingPublisher
 
 

@@ -16,7 +16,7 @@ from pyramid.response import Response
 from webtest import TestApp
 
 from notifier.events import ResourceChanged
-from notifier.message import decode
+from notifier.wire.message import decode
 from tests.unit.fakes import RecordingDataManager
 
 

@@ -1,9 +1,9 @@
-"""notifier.routing.RoutingTable: which queue a message goes to."""
+"""notifier.wire.routing.RoutingTable: which queue a message goes to."""
 
 import pytest
 
 from notifier.errors import ConfigurationError
-from notifier.routing import DEFAULT_QUEUE, Route, RoutingTable
+from notifier.wire.routing import DEFAULT_QUEUE, Route, RoutingTable
 
 
 def test_an_empty_table_sends_everything_to_the_notifier_queue():

@@ -1,13 +1,13 @@
-"""tasks.search.SearchIndex: the built-in listener's full-text index, in a SQLite file."""
+"""tasks.builtin.search.SearchIndex: the built-in listener's full-text index, in a SQLite file."""
 
 import sqlite3
 from contextlib import closing
 
 import pytest
 
-from notifier.message import encode
-from tasks.event import Event
-from tasks.search import SearchIndex
+from notifier.wire.message import encode
+from tasks.builtin.search import SearchIndex
+from tasks.listeners.event import Event
 
 
 @pytest.fixture

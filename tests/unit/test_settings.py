@@ -4,8 +4,8 @@ import pytest
 
 from notifier.errors import ConfigurationError
 from notifier.events import ACTIONS
-from notifier.routing import DEFAULT_QUEUE
 from notifier.settings import parse_settings
+from notifier.wire.routing import DEFAULT_QUEUE
 
 NO_ENVIRON: dict[str, str] = {}
 

@@ -11,10 +11,10 @@ import pytest
 
 from notifier.errors import ConfigurationError, SpoolFull
 from notifier.events import AfterResourceChanged
-from notifier.message import encode
 from notifier.settings import parse_settings
 from notifier.spool import Spool, SpoolFile, main
 from notifier.subscriber import Subscriber
+from notifier.wire.message import encode
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +98,7 @@ def test_the_background_thread_publishes_kept_messages_when_the_broker_is_back(t
 
 LEAVE_A_SPOOL_FILE = """
 import sys
-from notifier.message import encode
+from notifier.wire.message import encode
 from notifier.spool import Spool
 def down(message, queue):
     raise ConnectionError("down")

@@ -6,9 +6,9 @@ import pytest
 
 from notifier.errors import ConfigurationError
 from notifier.events import AfterResourceChanged
-from notifier.message import decode
 from notifier.settings import parse_settings
 from notifier.subscriber import Subscriber
+from notifier.wire.message import decode
 
 
 class RecordingPublisher:

@@ -1,5 +1,5 @@
-"""tasks.taking: one dispatch task takes the dispatch messages queued behind its own, as kombu's
-Redis transport would deliver them (fakeredis runs the Lua script)."""
+"""tasks.broker.taking: one dispatch task takes the dispatch messages queued behind its own, as
+kombu's Redis transport would deliver them (fakeredis runs the Lua script)."""
 
 import base64
 import inspect
@@ -12,13 +12,13 @@ import fakeredis
 import pytest
 from celery import Celery
 
-from notifier.message import DISPATCH_TASK, encode
-from notifier.message import decode as real_decode
 from notifier.publisher import task_message
-from tasks.batches import Delivery
+from notifier.wire.message import DISPATCH_TASK, encode
+from notifier.wire.message import decode as real_decode
+from tasks.broker.taking import Taken, Taker, taker_of
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch import DISPATCH_RETRIES, DispatchRun
-from tasks.taking import Taken, Taker, taker_of
+from tasks.dispatch.task import DISPATCH_RETRIES, DispatchRun
+from tasks.listeners.batch import Delivery
 
 QUEUE = "notifier"
 
@@ -198,7 +198,7 @@ def test_other_key_names_of_the_transport_options_are_honoured(client):
 
 @pytest.fixture
 def registry():
-    from tasks.registry import Registry
+    from tasks.listeners.registry import Registry
 
     return Registry(Celery("taking-tests", broker="memory://", set_as_current=False))
 
@@ -283,7 +283,7 @@ def test_a_taken_message_some_listener_missed_is_sent_again_to_dispatch_for_it_a
     monkeypatch.setattr(taker, "writes_for", lambda task: task.name == "mail.new_article")
     resent = []
     monkeypatch.setattr(
-        "tasks.dispatch.dispatch.apply_async", lambda **options: resent.append(options)
+        "tasks.dispatch.task.dispatch.apply_async", lambda **options: resent.append(options)
     )
     monkeypatch.setattr(
         registry["search.index"].task, "apply_async", lambda **options: None, raising=False
@@ -332,7 +332,7 @@ def test_messages_taken_after_the_time_bound_go_back_to_their_queue(
     # Its time is up once it took them: the first reading of the clock is its last in time.
     readings = iter([run.started])
     clock = SimpleNamespace(monotonic=lambda: next(readings, run.started + 1e9))
-    monkeypatch.setattr("tasks.dispatch.time", clock)
+    monkeypatch.setattr("tasks.dispatch.task.time", clock)
 
     run.take_more()
 
@@ -428,8 +428,8 @@ def test_a_dispatch_message_sent_with_other_forms_of_its_arguments_is_taken_as_c
 
 
 def test_taking_binds_arguments_as_the_dispatch_task_s_signature_does():
-    from tasks.dispatch import dispatch
-    from tasks.taking import _dispatch_arguments
+    from tasks.broker.taking import _dispatch_arguments
+    from tasks.dispatch.task import dispatch
 
     taken = list(inspect.signature(_dispatch_arguments).parameters.values())
     task = list(inspect.signature(dispatch.run).parameters.values())
@@ -478,7 +478,7 @@ def test_dispatch_decodes_each_message_once(monkeypatch, client, taker, registry
         decoded.append(data)
         return real_decode(data)
 
-    for module in ("tasks.dispatch", "tasks.inline"):
+    for module in ("tasks.dispatch.task", "tasks.dispatch.inline"):
         monkeypatch.setattr(f"{module}.decode", decode)
     run = DispatchRun(registry, dead_letters, QUEUE, taker)
 

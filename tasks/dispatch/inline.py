@@ -13,7 +13,7 @@ half as many events). So the dispatch task runs it, on these terms:
   own, that does not keep order (``ordered=``, ``parents=``).
 - The run is the listener task's first attempt, with the request its task would have had (its
   id ``<event_id>:<listener>``, its queue, no retries yet): the bound on deliveries
-  (``tasks.dispatch.within_deliveries``) counts it, so a worker that dies during it redelivers
+  (``tasks.dispatch.task.within_deliveries``) counts it, so a worker that dies during it redelivers
   the dispatch message, which runs the listener again until it has used its attempts, and then
   keeps it as a dead letter.
 - A run that raises is retried as Celery retries the listener's task (``autoretry_for``,
@@ -40,10 +40,10 @@ from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import KombuError
 
 from notifier.errors import ListenersNotSent, MalformedMessage
-from notifier.message import Message, decode
-from tasks.batches import listener_task_id
+from notifier.wire.message import Message, decode
 from tasks.dead_letters import DeadLetters
-from tasks.registry import Listener, Registry
+from tasks.listeners.batch import listener_task_id
+from tasks.listeners.registry import Listener, Registry
 
 __all__ = ["run_alone", "runs_in_dispatch"]
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from notifier.events import parent_of
 from notifier.settings import split_names
-from tasks.event import Event, canonical, change_id, change_version, scopes_above
+from tasks.listeners.event import Event, canonical, change_id, change_version, scopes_above
 
 __all__ = ["SearchIndex", "update_search_index"]
 

@@ -1,7 +1,7 @@
 """``@listener``: declare a worker-side listener of resource change events.
 
-A listener is a plain function taking an :class:`~tasks.event.Event`, or an existing Celery
-task whose function takes one. Each listener runs as its own Celery task, so it retries and
+A listener is a plain function taking an :class:`~tasks.listeners.event.Event`, or an existing
+Celery task whose function takes one. Each listener runs as its own Celery task, so it retries and
 fails on its own.
 """
 
@@ -19,10 +19,10 @@ from celery import Celery, Task, current_task
 
 from notifier.errors import ListenerError, ObjectsBusy
 from notifier.events import ACTIONS
-from notifier.message import Message, decode
-from tasks.batches import batch_runner, check_batch
-from tasks.event import Event
-from tasks.ordering import OrderGuard
+from notifier.wire.message import Message, decode
+from tasks.listeners.batch import batch_runner, check_batch
+from tasks.listeners.event import Event
+from tasks.listeners.ordered import OrderGuard
 
 __all__ = ["DEFAULT_ACTIONS", "LISTENER_QUEUE", "RETRIES", "Listener", "Registry", "wants"]
 
@@ -142,7 +142,7 @@ class Registry:
         # Asked before each run of a listener task (the running task, its message): False
         # skips the run, the guard having dealt with the message.
         self.may_run = may_run
-        # Gives the per-object versions of ordered listeners (tasks.ordering).
+        # Gives the per-object versions of ordered listeners (tasks.listeners.ordered).
         self.order_guard = order_guard
         # Asked for each run sent back to its queue because its objects were busy (a delivery
         # that is not an attempt): the message headers the task sent back carries, if any.
@@ -209,17 +209,17 @@ class Registry:
         listener's tasks (default: ``notifier.listener.<name>``, one per listener).
 
         ``ordered=True`` never lets the listener apply an older version of an object after a
-        newer one (see :mod:`tasks.ordering`): it receives each event with only the changes
+        newer one (see :mod:`tasks.listeners.ordered`): it receives each event with only the changes
         newer than those it applied. ``parents`` names resources whose deletes the listener
         receives too, as "drop everything under it" (e.g. ``parents=("bucket", "collection")``
-        for Kinto records): :meth:`~tasks.event.Event.parent_deletes` says what to drop.
+        for Kinto records): :meth:`~tasks.listeners.event.Event.parent_deletes` says what to drop.
         ``batch=100`` makes a batch listener: it receives a list of at most 100 events per run
-        (see :mod:`tasks.batches`).
+        (see :mod:`tasks.listeners.batch`).
 
         On a plain function, ``task_options`` are Celery task options (``max_retries``,
         ``rate_limit``...).
         Stacked on an existing ``@app.task``, the task keeps its own options. The decorated
-        object is returned unchanged, still callable with an :class:`~tasks.event.Event`.
+        object is returned unchanged, still callable with an :class:`~tasks.listeners.event.Event`.
         """
         if callable(resource_names) and not isinstance(resource_names, str):
             return self.listener()(resource_names)

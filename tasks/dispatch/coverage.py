@@ -3,8 +3,8 @@ configuration of the worker that happens to take it.
 
 Each message is matched against the listeners that other live workers know and this one does
 not (what they announce to the fleet, :mod:`tasks.fleet`), with the rule this worker's own
-listeners follow (:func:`tasks.registry.wants`). One that wants the message gets it all the
-same: its task is sent to its queue, which only the workers that know it consume (logged at
+listeners follow (:func:`tasks.listeners.registry.wants`). One that wants the message gets it all
+the same: its task is sent to its queue, which only the workers that know it consume (logged at
 ERROR with the event's id; at INFO in a worker that only dispatches). When none of them
 consumes that queue, or the broker does not take the task, the message is kept as a dead
 letter naming the listener, and ``notifier-dead-letters replay`` sends it there later. A
@@ -25,11 +25,11 @@ from typing import Any
 import redis
 from kombu.exceptions import KombuError
 
-from notifier.message import Message
-from tasks.batches import listener_task_id
+from notifier.wire.message import Message
 from tasks.dead_letters import DeadLetters
 from tasks.fleet import Fleet, ListenerSpec, dispatch_only
-from tasks.registry import Listener, Registry
+from tasks.listeners.batch import listener_task_id
+from tasks.listeners.registry import Listener, Registry
 
 __all__ = ["VIEW_MAX_AGE", "Coverage", "coverage"]
 

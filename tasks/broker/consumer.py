@@ -16,7 +16,7 @@ A worker reads a queue in three steps, and a malformed message can fail each of 
    the message and drops it. Others (a body that is not ``[args, kwargs, embed]``, headers
    without an id...) raise out of the event loop too, and stop the worker; the message, not yet
    acknowledged, goes back to its queue to stop the next one.
-3. ``notifier.dispatch`` checks its argument against the wire contract (``tasks/dispatch.py``).
+3. ``notifier.dispatch`` checks its argument against the wire contract (``tasks/dispatch/task.py``).
 
 Each failure ends in the dead letters with a reason that says what was wrong and on which queue,
 the message is acknowledged, and the worker takes the next one.
@@ -49,7 +49,7 @@ from kombu.transport import redis as kombu_redis
 from vine import promise as vine_promise
 
 from tasks.broker import AtomicChannel
-from tasks.dispatch import dead_letters
+from tasks.dispatch.task import dead_letters
 
 __all__ = ["Consumer", "keep", "readable"]
 

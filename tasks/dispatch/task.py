@@ -20,16 +20,16 @@ from celery import Task, signals, states
 from kombu.exceptions import KombuError
 
 from notifier.errors import ListenersNotSent, MalformedMessage
-from notifier.message import DISPATCH_TASK, Message, decode
-from notifier.routing import DEFAULT_QUEUE
+from notifier.wire.message import DISPATCH_TASK, Message, decode
+from notifier.wire.routing import DEFAULT_QUEUE
 from tasks.app import app, registry
-from tasks.batches import Batches, Delivery, listener_task_id
-from tasks.coverage import coverage
+from tasks.broker.taking import Taken, Taker, taker_of
 from tasks.dead_letters import DeadLetters
-from tasks.inline import run_alone
-from tasks.ordering import OrderGuard
-from tasks.registry import Listener, Registry
-from tasks.taking import Taken, Taker, taker_of
+from tasks.dispatch.coverage import coverage
+from tasks.dispatch.inline import run_alone
+from tasks.listeners.batch import Batches, Delivery, listener_task_id
+from tasks.listeners.ordered import OrderGuard
+from tasks.listeners.registry import Listener, Registry
 
 __all__ = [
     "DISPATCH_RETRIES",
@@ -151,7 +151,7 @@ def fan_out(
 TAKE_AT_MOST = 100
 TAKE_FOR = 0.1  # of the visibility timeout
 #: How many bytes of messages one round of taking holds at most (and the first one whatever its
-#: size). With at most BATCH_BYTES in each batch listener's batch (tasks/batches.py), this
+#: size). With at most BATCH_BYTES in each batch listener's batch (tasks/listeners/batch.py), this
 #: bounds the messages one run holds, whatever the size of the event whose parts it takes.
 TAKE_BYTES = 1 << 20
 
@@ -164,13 +164,14 @@ def taker() -> Taker | None:
     return taker_of(app)
 
 
-# A pool process lost while running a listener's first attempt (tasks/inline.py) has dispatch
+# A pool process lost while running a listener's first attempt (tasks/dispatch/inline.py) has
+# dispatch
 # retried at once, as the listener's own task would be, not after Celery's default 3 minutes.
 @app.task(name=DISPATCH_TASK, bind=True, max_retries=DISPATCH_RETRIES, default_retry_delay=0)
 def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) -> list[str]:
     """Run every listener that wants ``message``; then take the next dispatch messages of its
-    queue and do the same for each (tasks/taking.py); try again for the listeners it could not
-    reach."""
+    queue and do the same for each (tasks/broker/taking.py); try again for the listeners it could
+    not reach."""
     delivery_info = getattr(self.request, "delivery_info", None) or {}
     own = Delivery(
         message,
@@ -199,8 +200,8 @@ class DispatchRun:
     """One run of the dispatch task: its own message, and those it takes after it.
 
     Each message is handled as the dispatch task handles one: its first attempt run here when
-    one listener alone wants it (tasks/inline.py), else one task per listener; the events of
-    batch listeners are collected into one task per listener (tasks/batches.py). A taken
+    one listener alone wants it (tasks/dispatch/inline.py), else one task per listener; the events
+    of batch listeners are collected into one task per listener (tasks/listeners/batch.py). A taken
     message is acknowledged once every listener it has was sent (or run) and its batches were
     sent; one that some listener could not be sent is sent again to dispatch, for those
     listeners only, as the dispatch task retries.
@@ -230,7 +231,8 @@ class DispatchRun:
         except MalformedMessage:
             return fan_out(data, self.registry, self.dead_letters, only, queue=self.queue)
         wanted = self.registry.matching(message, only)
-        # Listeners that other live workers know and this one lacks get it too (tasks/coverage.py);
+        # Listeners that other live workers know and this one lacks get it too
+        # (tasks/dispatch/coverage.py);
         # a retry for some of this worker's listeners did that already.
         elsewhere = []
         if only is None:

@@ -13,8 +13,8 @@ delivery tag, and the tag in the ``unacked_index`` sorted set, scored by the tim
 A worker that dies holding taken messages loses none that kombu can read: its sweep hands them
 out again once they are older than the visibility timeout, as it does with the messages it
 delivered itself. While this process lives, a thread refreshes their time (as
-tasks/visibility.py does for the messages Celery holds), and each is acknowledged (removed from
-both) once it was fully handled.
+tasks/broker/visibility.py does for the messages Celery holds), and each is acknowledged (removed
+from both) once it was fully handled.
 
 The script takes only what Celery would hand to the dispatch task at once: a kombu envelope of
 a ``notifier.dispatch`` task message, JSON, with an ASCII delivery tag, without
@@ -49,8 +49,8 @@ from celery import Celery
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from notifier.message import DISPATCH_TASK
 from notifier.publisher import direct_redis_url, task_message
+from notifier.wire.message import DISPATCH_TASK
 
 __all__ = ["TAKE", "Taken", "Taker", "taker_of"]
 
@@ -104,7 +104,7 @@ _EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
 
 
 def _dispatch_arguments(message: Any, only: Any = None) -> tuple[Any, Any]:
-    # The dispatch task's signature (tasks/dispatch.py; a test compares them): the arguments
+    # The dispatch task's signature (tasks/dispatch/task.py; a test compares them): the arguments
     # are bound as Celery binds them when it runs the task.
     return message, only
 

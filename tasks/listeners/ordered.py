@@ -44,7 +44,7 @@ import redis
 
 from notifier.errors import ObjectsBusy
 from notifier.events import parent_of
-from tasks.event import Event, canonical, change_id, change_version, scopes_above
+from tasks.listeners.event import Event, canonical, change_id, change_version, scopes_above
 
 __all__ = ["Claim", "OrderGuard", "version_of"]
 

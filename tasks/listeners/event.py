@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from notifier.events import parent_of
-from notifier.message import Message
+from notifier.wire.message import Message
 
 __all__ = ["Event", "ParentDelete", "canonical", "change_id", "change_version", "scopes_above"]
 

@@ -2,8 +2,8 @@
 
 A listener that does bulk work (a search engine's bulk index, one SQL statement for many rows)
 costs about as much for a hundred events as for one. Dispatch collects, over its own message
-and the messages it takes after it (tasks/taking.py), the events each batch listener wants, and
-sends one task per batch listener with their messages, at most ``batch`` of them and about
+and the messages it takes after it (tasks/broker/taking.py), the events each batch listener wants,
+and sends one task per batch listener with their messages, at most ``batch`` of them and about
 :data:`BATCH_BYTES` of JSON (one message larger than that travels alone): its id is
 ``<first message's task id>+<count>:<listener>``. A batch of one travels as a single message,
 with the id any listener's task has, ``<task id>:<listener>``.
@@ -33,11 +33,11 @@ from celery import Task, current_task
 from celery.utils.time import get_exponential_backoff_interval
 
 from notifier.errors import ListenerError
-from notifier.message import decode
-from tasks.event import Event
+from notifier.wire.message import decode
+from tasks.listeners.event import Event
 
 if TYPE_CHECKING:
-    from tasks.registry import Listener, Registry
+    from tasks.listeners.registry import Listener, Registry
 
 __all__ = [
     "BATCH_BYTES",

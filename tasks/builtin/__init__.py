@@ -1,0 +1,1 @@
+"""The listeners notifier ships: the search index."""

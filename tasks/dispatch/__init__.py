@@ -1,0 +1,1 @@
+"""Dispatch: the task that receives each message and runs every listener that wants it."""
