@@ -5,45 +5,29 @@
 ``payload`` and the ``impacted_records`` (Kinto's ``impacted_objects``): a list of
 ``{"new": ..., "old": ...}`` dicts.
 
-This module imports nothing from Pyramid: the worker side reads ``ACTIONS`` from it.
+The actions and :func:`~notifier.wire.payload.parent_of`, which the worker side reads too, live
+in :mod:`notifier.wire.payload`.
 """
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from notifier.wire.payload import ACTIONS, Payload, parent_of
+
 __all__ = [
-    "ACTIONS",
     "AfterResourceChanged",
     "EventBuffer",
-    "Payload",
     "ResourceChanged",
     "impacted_records_of",
     "make_payload",
-    "parent_of",
 ]
 
-Payload = dict[str, Any]
 Record = dict[str, Any]
 ImpactedRecord = dict[str, Record]
-
-
-class ACTIONS(enum.Enum):
-    """What happened to a record (Cliquet's ``cliquet.events.ACTIONS``)."""
-
-    CREATE = "create"
-    UPDATE = "update"
-    DELETE = "delete"
-    READ = "read"
-
-    @classmethod
-    def from_string_list(cls, names: list[str]) -> tuple[ACTIONS, ...]:
-        """Parse ``["create", "update"]`` into actions; raise ``ValueError`` naming a bad one."""
-        return tuple(cls(name) for name in names)
 
 
 def impacted_records_of(event: Any) -> list[ImpactedRecord]:
@@ -127,21 +111,6 @@ def make_payload(
     if record_id is not None:
         payload[f"{resource_name}_id"] = record_id
     return payload
-
-
-_PAYLOAD_KEYS = frozenset({"timestamp", "action", "uri", "user_id", "resource_name"})
-
-
-def parent_of(payload: Payload) -> tuple[tuple[str, Any], ...]:
-    """The matchdict values that name where a record lives (its bucket, its collection...)."""
-    own_id = f"{payload['resource_name']}_id"
-    return tuple(
-        sorted(
-            (key, value)
-            for key, value in payload.items()
-            if key not in _PAYLOAD_KEYS and key != own_id
-        )
-    )
 
 
 @dataclass

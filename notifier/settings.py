@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from notifier.errors import ConfigurationError
-from notifier.events import ACTIONS
+from notifier.wire.payload import ACTIONS, split_names
 from notifier.wire.routing import RoutingTable
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "parse_bool",
     "parse_seconds",
     "parse_settings",
-    "split_names",
 ]
 
 PREFIX = "notifier."
@@ -47,11 +46,6 @@ DEFAULTS: dict[str, str | None] = {
 
 _BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "memory")
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-
-
-def split_names(value: str) -> list[str]:
-    """``"create update"``, ``"record, collection"`` or one name a line: the names, in order."""
-    return [name for name in re.split(r"[\s,]+", value) if name]
 
 
 def environment_variable(key: str) -> str:
@@ -120,7 +114,7 @@ class Options:
 
 @dataclass(frozen=True, slots=True)
 class EventFilter:
-    """Which events a listener wants: by action, and by resource name."""
+    """Which events a publisher or a forwarder wants: by action, and by resource name."""
 
     actions: frozenset[ACTIONS]
     resources: frozenset[str]  # empty: every resource
@@ -196,7 +190,7 @@ class OutboxSettings:
 
 @dataclass(frozen=True, slots=True)
 class NotifierSettings(EventFilter):
-    """The settings of a Celery publisher: ``notifier.*``, or a configured celery listener's."""
+    """The settings of a Celery publisher: ``notifier.*``, or a Celery forwarder's."""
 
     broker_url: str
     routing: RoutingTable

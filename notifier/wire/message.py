@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from notifier.errors import MalformedMessage
-from notifier.events import ACTIONS
+from notifier.wire.payload import ACTIONS
 
 __all__ = ["DISPATCH_TASK", "SCHEMA_VERSION", "Message", "decode", "encode", "split"]
 

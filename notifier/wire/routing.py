@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from notifier.errors import ConfigurationError
-from notifier.events import ACTIONS
+from notifier.wire.payload import ACTIONS
 
 __all__ = ["DEFAULT_QUEUE", "Route", "RoutingTable"]
 

@@ -4,14 +4,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from notifier.events import (
-    ACTIONS,
-    AfterResourceChanged,
-    EventBuffer,
-    ResourceChanged,
-    make_payload,
-    parent_of,
-)
+from notifier.events import AfterResourceChanged, EventBuffer, ResourceChanged, make_payload
+from notifier.wire.payload import ACTIONS, parent_of
 
 CLIQUET_KEYS = {"timestamp", "action", "uri", "user_id", "resource_name"}
 

@@ -13,6 +13,7 @@ from notifier.wire.message import SCHEMA_VERSION, Message, decode, encode, split
 from tasks.listeners.event import Event
 from tasks.listeners.registry import Registry
 from tests.unit.conftest import kinto_events
+from tests.unit.fakes import FakeRequest, RecordingPublisher
 
 PAYLOAD = {
     "timestamp": 1700000000000,
@@ -221,19 +222,6 @@ def test_a_message_is_immutable():
 
 
 # -- contract: the web side's real output, through the worker side -------------------------------
-
-
-class RecordingPublisher:
-    def __init__(self):
-        self.published = []
-
-    def publish(self, message, queue):
-        self.published.append((message, queue))
-
-
-class FakeRequest:
-    def __init__(self):
-        self.environ = {}
 
 
 AFTER_COMMIT = kinto_events("AfterResourceChanged")

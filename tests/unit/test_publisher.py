@@ -13,8 +13,9 @@ from kombu.exceptions import EncodeError
 from kombu.transport.redis import Channel
 from kombu.transport.virtual import Message as kombu_message
 
-from notifier.publisher import CeleryPublisher, task_message
+from notifier.publisher import CeleryPublisher
 from notifier.wire.message import DISPATCH_TASK, decode, encode
+from notifier.wire.protocol import task_message
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 import pytest
 
 from notifier.errors import ConfigurationError
-from notifier.events import ACTIONS
 from notifier.settings import parse_settings
+from notifier.wire.payload import ACTIONS
 from notifier.wire.routing import DEFAULT_QUEUE
 
 NO_ENVIRON: dict[str, str] = {}
