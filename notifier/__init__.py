@@ -16,9 +16,10 @@ Once the transaction commits (with pyramid_tm; without it, once the response is 
 every change is published as a Celery task message to the queue that the routing table picks
 from its resource_name and action, and runs in the workers' listeners (see the ``tasks``
 package). Nothing is published for a failed or rolled-back request, and a broker error never
-fails a request. Settings (all optional, see the README): ``notifier.broker_url``,
+fails a request. Settings (all optional, see docs/settings.md): ``notifier.broker_url``,
 ``notifier.routes``, ``notifier.actions``, ``notifier.resources``, ``notifier.publish_timeout``,
-and ``notifier.event_listeners`` for configured listeners (see ``notifier.listeners``).
+and ``notifier.event_listeners`` for forwarders, Kinto-style configured event listeners (see
+``notifier.listeners``).
 
 In Kinto, ``kinto.includes = notifier`` publishes Kinto's committed events the same way.
 """
@@ -35,13 +36,13 @@ __all__ = ["includeme"]
 
 def includeme(config: Configurator) -> None:
     """Add ``request.notify_resource_changed`` and the publishing of committed events: by the
-    listeners of ``notifier.event_listeners`` when set, else by Celery with the ``notifier.*``
+    forwarders of ``notifier.event_listeners`` when set, else by Celery with the ``notifier.*``
     settings."""
     # Imported here, not at the top: the worker side imports notifier.wire.message and
     # notifier.wire.routing, and must not import Pyramid through this module.
     from notifier.errors import ConfigurationError
-    from notifier.listeners import change_events, include_listeners, kinto_celery_listeners
-    from notifier.listeners.celery import Listener, build_subscriber
+    from notifier.listeners import change_events, include_forwarders, kinto_celery_forwarders
+    from notifier.listeners.celery import CeleryForwarder, build_subscriber
     from notifier.request import notify_resource_changed
     from notifier.settings import DEFAULTS, Options, parse_settings
 
@@ -55,14 +56,14 @@ def includeme(config: Configurator) -> None:
                     f"notifier.{name}",
                     settings[f"notifier.{name}"],
                     "nothing here while notifier.event_listeners is set: give it to a "
-                    f"listener instead, e.g. notifier.event_listeners.celery.{name}",
+                    f"forwarder instead, e.g. notifier.event_listeners.celery.{name}",
                 )
         # Any other notifier.* key is unknown: Options says so.
         Options(settings, "notifier.", ("event_listeners",), others=("event_listeners",))
-        include_listeners(config, "notifier.")
+        include_forwarders(config, "notifier.")
         return
     publishing = parse_settings(settings)
-    in_kinto = kinto_celery_listeners(config)
+    in_kinto = kinto_celery_forwarders(config)
     if in_kinto:
         raise ConfigurationError(
             "kinto.includes",
@@ -74,4 +75,4 @@ def includeme(config: Configurator) -> None:
     config.registry["notifier.settings"] = publishing
     config.registry["notifier.publisher"] = subscriber.publisher
     # notifier's ResourceChanged, and Kinto's with kinto.includes = notifier.
-    Listener(subscriber).subscribe(config, "notifier.", change_events())
+    CeleryForwarder(subscriber).subscribe(config, "notifier.", change_events())

@@ -68,5 +68,5 @@ class OutboxError(NotifierError):
 
 
 class SpoolFull(NotifierError):
-    """Raised by ``Spool.keep`` when neither the disk nor memory can hold a message: it is
+    """Raised by ``Spool.write`` when neither the disk nor memory can hold a message: it is
     lost."""

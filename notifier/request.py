@@ -13,13 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from pyramid import threadlocal
 
-from notifier.events import (
-    ACTIONS,
-    AfterResourceChanged,
-    EventBuffer,
-    ResourceChanged,
-    make_payload,
-)
+from notifier.events import AfterResourceChanged, EventBuffer, ResourceChanged, make_payload
+from notifier.wire.payload import ACTIONS
 
 if TYPE_CHECKING:
     from pyramid.request import Request

@@ -41,12 +41,12 @@ class Subscriber:
 
     It filters the event with its settings' actions and resources, serialises it, chooses its
     queue from the routing table (:meth:`prepare`) and publishes it (:meth:`publish`). A
-    message the broker does not take is kept in the spool, which publishes it later; while the
+    message the broker does not take is spooled, and the spool publishes it later; while the
     spool holds messages, new ones queue behind them. It never raises: the transaction is
     already committed, and a broker error must not fail the request.
 
     With an outbox, :meth:`prepare` runs inside the transaction, whose commit then carries the
-    messages (:meth:`keep_in_outbox`); after it, :meth:`publish` hands them to the outbox's
+    messages (:meth:`write_to_outbox`); after it, :meth:`publish` hands them to the outbox's
     thread, which publishes them: the request never waits for the broker.
     """
 
@@ -95,7 +95,7 @@ class Subscriber:
             # The boundary that must not fail: log with the event's identity, never raise.
             logger.exception("could not publish %s: it cannot be serialised", identity)
             return []
-        # An event too large for one message goes as parts, each published or kept in order.
+        # An event too large for one message goes as parts, each published or spooled in order.
         parts = split(message, self.settings.max_message_size)
         if len(parts) == 1:
             return [Outgoing(message, queue, identity)]
@@ -104,7 +104,7 @@ class Subscriber:
             for part in parts
         ]
 
-    def keep_in_outbox(self, outgoing: list[Outgoing], request: Any) -> None:
+    def write_to_outbox(self, outgoing: list[Outgoing], request: Any) -> None:
         """Write ``outgoing`` into the outbox, in the transaction of ``request``: they commit or
         roll back with its changes. Raise :class:`~notifier.errors.OutboxError` when they
         cannot be written: the changes must not commit without them."""
@@ -122,10 +122,10 @@ class Subscriber:
 
     def _publish(self, message: Message, queue: str, request: Any, identity: str) -> None:
         if gave_up(request, self):
-            self._keep(message, queue, f"{identity}: the broker failed earlier in this request")
+            self._spool(message, queue, f"{identity}: the broker failed earlier in this request")
             return
         if self.spool is not None and self._spool_holds_messages():
-            self._keep(message, queue, f"{identity}: behind messages the broker did not take")
+            self._spool(message, queue, f"{identity}: behind messages the broker did not take")
             return
         try:
             self.publisher.publish(message, queue)
@@ -133,7 +133,7 @@ class Subscriber:
             logger.exception("could not publish %s", identity)
             give_up(request, self)
             if self.spool is not None:
-                self._keep(message, queue, identity)
+                self._spool(message, queue, identity)
         else:
             logger.debug("published %s", identity)
 
@@ -141,16 +141,16 @@ class Subscriber:
         assert self.spool is not None
         try:
             return self.spool.holds_messages()
-        except Exception:  # a spool that cannot be read: keep the message behind, to be safe
+        except Exception:  # a spool that cannot be read: spool the message behind, to be safe
             logger.exception("could not read the spool")
             return True
 
-    def _keep(self, message: Message, queue: str, identity: str) -> None:
+    def _spool(self, message: Message, queue: str, identity: str) -> None:
         if self.spool is None:
             logger.error("could not publish %s", identity)
             return
         try:
-            self.spool.keep(message, queue)
+            self.spool.write(message, queue)
         except Exception:
             logger.exception("could not publish %s, nor keep it in the spool: lost", identity)
         else:

@@ -1,7 +1,7 @@
-"""Configured listeners, as Cliquet and Kinto define them.
+"""Forwarders: the configured event listeners of Cliquet and Kinto, which forward events.
 
-An application lists them in its settings; each names a module whose
-``load_from_config(config, prefix)`` returns a listener, called with every
+An application lists them in its settings (``event_listeners``, Kinto's name); each names a
+module whose ``load_from_config(config, prefix)`` returns a forwarder, called with every
 ``ResourceChanged`` event::
 
     notifier.event_listeners = celery redis
@@ -11,9 +11,13 @@ An application lists them in its settings; each names a module whose
     notifier.event_listeners.redis.use = notifier.listeners.redis
     notifier.event_listeners.redis.url = redis://localhost:6379/1
 
-In Kinto, the same modules are named by ``kinto.event_listeners``. Each listener's options are
+In Kinto, the same modules are named by ``kinto.event_listeners``. Each forwarder's options are
 read under its prefix, and ``NOTIFIER_EVENT_LISTENERS_<NAME>_<OPTION>`` (in Kinto,
 ``KINTO_EVENT_LISTENERS_<NAME>_<OPTION>``) overrides any of them.
+
+"Listener" on this side is only Kinto's word, in setting names and in :class:`ListenerBase`
+(named after ``kinto.core.listeners.ListenerBase``); the worker's ``@listener`` functions are
+what the messages reach.
 """
 
 from __future__ import annotations
@@ -26,31 +30,33 @@ from typing import TYPE_CHECKING, Any
 from notifier.commits import after_commit, committed_records, watch_rollbacks
 from notifier.errors import ConfigurationError, OutboxError
 from notifier.events import AfterResourceChanged, ResourceChanged, impacted_records_of
-from notifier.settings import EventFilter, Options, split_names
+from notifier.settings import EventFilter, Options
+from notifier.wire.payload import split_names
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
 
 __all__ = [
-    "AfterCommitListener",
+    "Forwarder",
     "ListenerBase",
     "after_commit_events",
     "change_events",
     "env_prefix",
-    "include_listeners",
-    "kinto_celery_listeners",
-    "listener_name",
-    "listener_options",
+    "forwarder_name",
+    "forwarder_options",
+    "include_forwarders",
+    "kinto_celery_forwarders",
 ]
 
 logger = logging.getLogger("notifier")
 
-#: The options every configured listener has, whatever its module.
+#: The options every forwarder has, whatever its module.
 COMMON_OPTIONS = ("use", "actions", "resources")
 
 
 class ListenerBase:
-    """A configured listener: called with each ``ResourceChanged`` event it asked for."""
+    """What Kinto calls a configured event listener (``kinto.core.listeners.ListenerBase``):
+    called with each ``ResourceChanged`` event it asked for."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -81,11 +87,11 @@ def change_events() -> tuple[type, ...]:
     return (ResourceChanged, kinto.ResourceChanged, kinto.ResourceRead)
 
 
-class AfterCommitListener(ListenerBase):
-    """A listener whose work waits for the commit.
+class Forwarder(ListenerBase):
+    """A configured event listener whose work, forwarding the event, waits for the commit.
 
-    Kinto and notifier call configured listeners with ``ResourceChanged``, inside the
-    transaction that made the change. This kind of listener prepares its work then
+    Kinto and notifier call configured event listeners with ``ResourceChanged``, inside the
+    transaction that made the change. A forwarder prepares its work then
     (:meth:`before_commit`, which may write in that transaction) and does it once that very
     transaction committed (:meth:`after_commit`, with the ``AfterResourceChanged`` of the
     change), whatever the host does with its own after-commit events: a rolled-back change, or
@@ -94,7 +100,7 @@ class AfterCommitListener(ListenerBase):
     is done twice.
     """
 
-    #: The name the listener is configured under, for the logs.
+    #: The name the forwarder is configured under, for the logs.
     name = ""
 
     def __call__(self, event: Any) -> None:
@@ -121,15 +127,15 @@ class AfterCommitListener(ListenerBase):
         try:
             work()
         except Exception:
-            # The commit is done: a listener's failure must not reach the request, nor keep
-            # the other listeners from the event.
+            # The commit is done: a forwarder's failure must not reach the request, nor stop
+            # the other forwarders from having the event.
             logger.exception("listener %s failed after the commit on %r", self.name, event)
 
     def subscribe(self, config: Configurator, prefix: str, events: tuple[type, ...] = ()) -> None:
-        """Name this listener after ``prefix``, and have it called with ``events`` (configured
-        listeners need none: their host calls them with ``ResourceChanged``). In Kinto, also
-        watch each request's transactions for what a rollback undid."""
-        self.name = listener_name(prefix)
+        """Name this forwarder after ``prefix``, and have it called with ``events`` (configured
+        ones need none: their host calls them with ``ResourceChanged``). In Kinto, also watch
+        each request's transactions for what a rollback undid."""
+        self.name = forwarder_name(prefix)
         if config.get_settings().get("settings_prefix") == "kinto" and not config.registry.get(
             _WATCHING
         ):
@@ -158,8 +164,8 @@ def _committed_event(event: Any, records: list[Any], kept: list[Any]) -> Any:
     return (after or kinto.AfterResourceChanged)(event.payload, kept, event.request)
 
 
-def listener_name(prefix: str) -> str:
-    """The name of the listener configured under ``prefix``: ``notifier.event_listeners.redis.``
+def forwarder_name(prefix: str) -> str:
+    """The name of the forwarder configured under ``prefix``: ``notifier.event_listeners.redis.``
     is ``redis``."""
     return prefix.rstrip(".").rsplit(".", 1)[-1]
 
@@ -172,10 +178,10 @@ def env_prefix(config: Configurator, prefix: str) -> str:
     return f"{project}." if project and not prefix.startswith(f"{project}.") else ""
 
 
-def listener_options(
+def forwarder_options(
     config: Configurator, prefix: str, known: tuple[str, ...] | None = None
 ) -> Options:
-    """The options of the configured listener under ``prefix``, overridable from the
+    """The options of the forwarder configured under ``prefix``, overridable from the
     environment. With ``known``, any option besides those and ``use``, ``actions`` and
     ``resources`` is an error."""
     return Options(
@@ -186,39 +192,39 @@ def listener_options(
     )
 
 
-def include_listeners(config: Configurator, prefix: str = "notifier.") -> None:
-    """Load the listeners named by ``<prefix>event_listeners``, each subscribed to
+def include_forwarders(config: Configurator, prefix: str = "notifier.") -> None:
+    """Load the forwarders named by ``<prefix>event_listeners``, each subscribed to
     ``ResourceChanged`` (notifier's and Kinto's) with its own filters. One that raises is
     logged, never stops the others and never fails the request (unless its messages could not
     be written to the outbox: the change must not commit without them)."""
     names_key = f"{prefix}event_listeners"
-    _, names = listener_options(config, prefix).get("event_listeners")
+    _, names = forwarder_options(config, prefix).get("event_listeners")
     for name in split_names(names):
         if "." in name:
             # A module named directly: its options live under its last name, as in Kinto.
             short_name, use_key, use = name.rsplit(".", 1)[-1], names_key, name
         else:
             short_name = name
-            use_key, use = listener_options(config, f"{names_key}.{name}.").get("use")
+            use_key, use = forwarder_options(config, f"{names_key}.{name}.").get("use")
             if not use:
                 raise ConfigurationError(
                     use_key, None, "the module of the listener, e.g. notifier.listeners.redis"
                 )
-        listener_prefix = f"{names_key}.{short_name}."
+        forwarder_prefix = f"{names_key}.{short_name}."
         try:
             load_from_config = config.maybe_dotted(use).load_from_config
         except (ImportError, AttributeError) as exc:
             raise ConfigurationError(
                 use_key, use, f"a module with load_from_config(config, prefix): {exc}"
             ) from None
-        listener = load_from_config(config, listener_prefix)
-        event_filter = EventFilter.parse(listener_options(config, listener_prefix))
-        guarded = _guarded(short_name, listener, event_filter)
+        forwarder = load_from_config(config, forwarder_prefix)
+        event_filter = EventFilter.parse(forwarder_options(config, forwarder_prefix))
+        guarded = _guarded(short_name, forwarder, event_filter)
         for event_class in change_events():  # notifier's, and Kinto's with kinto.includes
             config.add_subscriber(guarded, event_class)
 
 
-def kinto_celery_listeners(config: Configurator) -> list[str]:
+def kinto_celery_forwarders(config: Configurator) -> list[str]:
     """The names of the Kinto event listeners that use ``notifier.listeners.celery``."""
     settings = config.get_settings()
     if settings.get("settings_prefix") != "kinto":
@@ -230,17 +236,17 @@ def kinto_celery_listeners(config: Configurator) -> list[str]:
     ]
 
 
-def _guarded(name: str, listener: Any, event_filter: EventFilter) -> Any:
+def _guarded(name: str, forwarder: Any, event_filter: EventFilter) -> Any:
     def call(event: ResourceChanged) -> None:
         payload = event.payload
         if not event_filter.wants(payload.get("resource_name"), payload.get("action")):
             return
         try:
-            listener(event)
+            forwarder(event)
         except OutboxError:
             raise  # the change must not commit without its messages
         except Exception:
-            # A configured listener must never fail the request, nor stop the others.
+            # A forwarder must never fail the request, nor stop the others.
             logger.exception("listener %s failed on %r", name, event)
 
     return call

@@ -1,4 +1,4 @@
-"""The Celery bridge as a configured listener: Cliquet's and Kinto's way in.
+"""The Celery bridge as a forwarder (a configured event listener): Cliquet's and Kinto's way in.
 
 In a Pyramid app::
 
@@ -16,7 +16,7 @@ In Kinto::
 
 Options (each also from ``<PROJECT>_EVENT_LISTENERS_CELERY_<OPTION>``): ``broker_url``,
 ``routes``, ``publish_timeout``, ``spool_dir``, ``spool_retry``, ``actions``,
-``resources``, with the defaults of the ``notifier.*`` settings. Kinto calls the listener
+``resources``, with the defaults of the ``notifier.*`` settings. Kinto calls the forwarder
 before the commit; it publishes after it.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from notifier import publisher
-from notifier.listeners import AfterCommitListener, env_prefix, listener_name
+from notifier.listeners import Forwarder, env_prefix, forwarder_name
 from notifier.settings import NotifierSettings, parse_settings
 from notifier.spool import Spool
 from notifier.subscriber import Subscriber
@@ -36,10 +36,10 @@ from notifier.wire import persistence
 if TYPE_CHECKING:
     from pyramid.config import Configurator
 
-__all__ = ["Listener", "build_subscriber", "load_from_config"]
+__all__ = ["CeleryForwarder", "build_subscriber", "load_from_config"]
 
 
-class Listener(AfterCommitListener):
+class CeleryForwarder(Forwarder):
     """Publishes each committed event to Celery (see :class:`notifier.subscriber.Subscriber`).
 
     Its messages are built inside the transaction, written to the outbox there when it has one,
@@ -51,24 +51,24 @@ class Listener(AfterCommitListener):
 
     def before_commit(self, event: Any) -> Callable[[], None]:
         outgoing = self.subscriber.prepare(event)
-        self.subscriber.keep_in_outbox(outgoing, event.request)
+        self.subscriber.write_to_outbox(outgoing, event.request)
         return functools.partial(self.subscriber.publish, outgoing, event.request)
 
     def after_commit(self, event: Any) -> None:
         self.subscriber(event)
 
 
-def load_from_config(config: Configurator, prefix: str) -> Listener:
-    """The listener configured under ``prefix``; its host calls it with ``ResourceChanged``."""
+def load_from_config(config: Configurator, prefix: str) -> CeleryForwarder:
+    """The forwarder configured under ``prefix``; its host calls it with ``ResourceChanged``."""
     settings = parse_settings(
         config.get_settings(),
         prefix=prefix,
         env_prefix=env_prefix(config, prefix),
         others=("use",),
     )
-    listener = Listener(build_subscriber(config, settings, listener_name(prefix)))
-    listener.subscribe(config, prefix)
-    return listener
+    forwarder = CeleryForwarder(build_subscriber(config, settings, forwarder_name(prefix)))
+    forwarder.subscribe(config, prefix)
+    return forwarder
 
 
 def build_subscriber(config: Configurator, settings: NotifierSettings, name: str) -> Subscriber:

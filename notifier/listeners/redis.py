@@ -1,4 +1,4 @@
-"""Cliquet's Redis list listener, as kinto-redis has it, published after the commit.
+"""Cliquet's Redis list listener, as kinto-redis has it, as a forwarder: pushed after the commit.
 
 It pushes each committed event's payload, as JSON, into a Redis list, as Cliquet and
 kinto-redis do, so their consumers keep working::
@@ -33,21 +33,21 @@ import redis
 
 from notifier.errors import ConfigurationError
 from notifier.events import impacted_records_of
-from notifier.listeners import AfterCommitListener, listener_options
+from notifier.listeners import Forwarder, forwarder_options
 from notifier.request import gave_up, give_up
 from notifier.settings import EventFilter, parse_bool, parse_seconds
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
 
-__all__ = ["Listener", "load_from_config"]
+__all__ = ["RedisForwarder", "load_from_config"]
 
 logger = logging.getLogger("notifier")
 
 OPTIONS = ("url", "listname", "pool_size", "pool_timeout", "timeout", "include_impacted")
 
 
-class Listener(AfterCommitListener):
+class RedisForwarder(Forwarder):
     """Pushes the JSON payload of each committed event into the Redis list ``listname``."""
 
     def __init__(
@@ -86,9 +86,9 @@ class Listener(AfterCommitListener):
             give_up(event.request, self)
 
 
-def load_from_config(config: Configurator, prefix: str) -> Listener:
-    """The listener configured under ``prefix``, subscribed to committed events."""
-    options = listener_options(config, prefix, OPTIONS)
+def load_from_config(config: Configurator, prefix: str) -> RedisForwarder:
+    """The forwarder configured under ``prefix``, subscribed to committed events."""
+    options = forwarder_options(config, prefix, OPTIONS)
     url_key, url = options.get("url", "redis://localhost:6379/0")
     # In Kinto, the list of kinto-redis, so that its consumers find the events where they were.
     in_kinto = config.get_settings().get("settings_prefix") == "kinto"
@@ -106,11 +106,11 @@ def load_from_config(config: Configurator, prefix: str) -> Listener:
         raise ConfigurationError(url_key, url, f"a redis:// URL ({exc})") from None
     # After from_url, which lets timeouts in the URL's query win: these are the bounds.
     pool.connection_kwargs.update(socket_connect_timeout=timeout, socket_timeout=timeout)
-    listener = Listener(
+    forwarder = RedisForwarder(
         redis.Redis(connection_pool=pool),
         listname,
         EventFilter.parse(options),
         include_impacted=parse_bool(options, "include_impacted", "false"),
     )
-    listener.subscribe(config, prefix)
-    return listener
+    forwarder.subscribe(config, prefix)
+    return forwarder

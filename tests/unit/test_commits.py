@@ -14,6 +14,7 @@ import pytest
 from webtest import TestApp
 
 from notifier.commits import committed_records
+from tests.unit.fakes import RecordingPublisher
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()}
 RECORDS = "/buckets/b/collections/c/records"
@@ -22,25 +23,6 @@ CELERY_LISTENER = {
     "event_listeners.celery.use": "notifier.listeners.celery",
 }
 NOTIFIER_INCLUDED = {"includes": "tests.integration.kinto_app notifier"}
-
-
-class RecordingPublisher:
-    def __init__(self, broker_url, timeout):
-        self.messages = []
-
-    def publish(self, message, queue):
-        self.messages.append(message)
-
-    def close(self):
-        pass
-
-    def records(self, resource_name="record"):
-        """The ids of the published records of ``resource_name``, message by message."""
-        return [
-            [change["new"]["id"] for change in message.impacted_records]
-            for message in self.messages
-            if message.resource_name == resource_name
-        ]
 
 
 @pytest.fixture

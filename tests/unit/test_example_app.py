@@ -16,25 +16,7 @@ from webtest import TestApp
 
 import notifier.outbox
 from examples.articles import make_app, settings_from_environ
-
-
-class RecordingPublisher:
-    """Stands in for CeleryPublisher: keeps the messages that would have been sent."""
-
-    def __init__(self, broker_url, timeout):
-        self.messages = []
-        self.outboxes = []
-
-    def publish(self, message, queue):
-        self.messages.append(message)
-
-    def take(self):
-        """The messages published since the last call (with the outbox: once its thread's
-        work, done here, published them)."""
-        for outbox in self.outboxes:
-            outbox.publish_pending()
-        messages, self.messages = self.messages, []
-        return messages
+from tests.unit.fakes import RecordingPublisher
 
 
 @pytest.fixture

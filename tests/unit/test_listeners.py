@@ -19,12 +19,19 @@ from webtest import TestApp
 
 from notifier.errors import ConfigurationError
 from notifier.events import AfterResourceChanged, ResourceChanged, impacted_records_of
-from notifier.listeners import AfterCommitListener, ListenerBase, env_prefix, listener_options
+from notifier.listeners import Forwarder, ListenerBase, env_prefix, forwarder_options
 from notifier.listeners import celery as celery_listener
 from notifier.settings import parse_settings
 from notifier.subscriber import Subscriber
 from tests.unit.conftest import kinto_events
-from tests.unit.fakes import RecordingDataManager, changes_view
+from tests.unit.fakes import (
+    FakeRequest,
+    RecordingDataManager,
+    RecordingPublisher,
+    changes_view,
+    kinto_event,
+    raising_view,
+)
 
 THIS_MODULE = __name__
 
@@ -51,11 +58,11 @@ class RecordingListener(ListenerBase):
             raise RuntimeError(f"{self.name} is broken")
 
 
-class RecordingAfterCommitListener(AfterCommitListener, RecordingListener):
+class RecordingForwarder(Forwarder, RecordingListener):
     """Like RecordingListener, but it does its work once the transaction committed."""
 
     def __call__(self, event):
-        AfterCommitListener.__call__(self, event)
+        Forwarder.__call__(self, event)
 
     def after_commit(self, event):
         self.record(event)
@@ -63,7 +70,7 @@ class RecordingAfterCommitListener(AfterCommitListener, RecordingListener):
 
 def load_from_config(config, prefix):
     """``.use = tests.unit.test_listeners``: options ``greeting``, ``fail``, ``after_commit``."""
-    options = listener_options(config, prefix)
+    options = forwarder_options(config, prefix)
     _, greeting = options.get("greeting")
     _, fail = options.get("fail", "false")
     _, after_commit = options.get("after_commit", "false")
@@ -71,31 +78,13 @@ def load_from_config(config, prefix):
     name = prefix.rstrip(".").rsplit(".", 1)[-1]
     timeline = config.registry["test.timeline"]
     if asbool(after_commit):
-        listener = RecordingAfterCommitListener(name, timeline, asbool(fail))
+        listener = RecordingForwarder(name, timeline, asbool(fail))
         listener.subscribe(config, prefix)
         return listener
     return RecordingListener(name, timeline, asbool(fail))
 
 
 # -- the app -------------------------------------------------------------------------------------
-
-
-class RecordingPublisher:
-    """Stands in for CeleryPublisher: keeps what would have been sent."""
-
-    def __init__(self, broker_url, timeout, timeline):
-        self.broker_url = broker_url
-        self.timeout = timeout
-        self.timeline = timeline
-        self.published = []
-
-    def publish(self, message, queue):
-        self.timeline.append(f"published {message.action} {message.resource_name}")
-        self.published.append((message, queue))
-
-    @property
-    def messages(self):
-        return [message for message, _ in self.published]
 
 
 def join_recording_transaction(request):
@@ -116,18 +105,15 @@ def doomed_view(request):
     return Response("doomed but fine")
 
 
-def raising_view(request):
-    request.notify_resource_changed("create", "article", "a1", new={"id": "a1"})
-    raise RuntimeError("the view failed after notifying")
-
-
 def make_app(monkeypatch, settings, *, transaction_manager=True):
     """A Pyramid app including notifier; returns the WebTest app, its timeline, and every
     publisher built."""
     timeline, publishers = [], []
 
     def build_publisher(broker_url, timeout):
-        publisher = RecordingPublisher(broker_url, timeout, timeline)
+        publisher = RecordingPublisher(
+            broker_url, timeout, timeline, note="published {action} {resource_name}"
+        )
         publishers.append(publisher)
         return publisher
 
@@ -665,7 +651,7 @@ class RecordingSubscriber:
     def prepare(self, event):
         return [event]
 
-    def keep_in_outbox(self, outgoing, request):
+    def write_to_outbox(self, outgoing, request):
         pass
 
     def publish(self, outgoing, request):
@@ -675,14 +661,9 @@ class RecordingSubscriber:
         self.publish(self.prepare(event), event.request)
 
 
-def kinto_event(event_class, step="create_record_1"):
-    (recorded,) = [e for e in kinto_events(event_class.__name__) if e["step"] == step]
-    return event_class(recorded["payload"], recorded["impacted_objects"], FakeRequest())
-
-
 def test_the_celery_listener_publishes_a_change_outside_any_transaction_at_once():
     subscriber = RecordingSubscriber()
-    listener = celery_listener.Listener(subscriber)
+    listener = celery_listener.CeleryForwarder(subscriber)
     payload = {"resource_name": "article", "action": "create", "uri": "/articles"}
 
     listener(ResourceChanged(payload, [{"new": {"id": "a1"}}]))
@@ -700,7 +681,7 @@ def test_the_celery_listener_publishes_a_change_outside_any_transaction_at_once(
 
 def test_the_celery_listener_ignores_the_hosts_own_after_commit_events():
     subscriber = RecordingSubscriber()
-    listener = celery_listener.Listener(subscriber)
+    listener = celery_listener.CeleryForwarder(subscriber)
     ours = AfterResourceChanged(
         {"resource_name": "article", "action": "create", "uri": "/articles"},
         [{"new": {"id": "a1"}}],
@@ -765,22 +746,8 @@ def test_the_environment_variables_of_kintos_listeners_keep_kintos_name(project,
 # -- the Subscriber with Kinto's AfterResourceChanged --------------------------------------------
 
 
-class FakeRequest:
-    def __init__(self, parent=None):
-        self.environ = {}
-        self.parent = parent
-
-
-class MessagesPublisher:
-    def __init__(self):
-        self.messages = []
-
-    def publish(self, message, queue):
-        self.messages.append(message)
-
-
 def kinto_subscriber():
-    publisher = MessagesPublisher()
+    publisher = RecordingPublisher()
     return Subscriber(parse_settings({}, environ={}), publisher), publisher
 
 

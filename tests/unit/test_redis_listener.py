@@ -23,8 +23,13 @@ from notifier.errors import ConfigurationError
 from notifier.events import AfterResourceChanged, ResourceChanged
 from notifier.listeners import redis as redis_listener
 from notifier.settings import EventFilter, Options
-from tests.unit.conftest import kinto_events
-from tests.unit.fakes import RecordingDataManager, changes_view
+from tests.unit.fakes import (
+    FakeRequest,
+    RecordingDataManager,
+    changes_view,
+    kinto_event,
+    raising_view,
+)
 
 LIST = "notifier.events"
 EVERYTHING = EventFilter.parse(Options({}, "x.", None))
@@ -72,11 +77,6 @@ def doomed_view(request):
     request.notify_resource_changed("create", "article", "a1", new={"id": "a1"})
     request.tm.doom()
     return Response("doomed but fine")
-
-
-def raising_view(request):
-    request.notify_resource_changed("create", "article", "a1", new={"id": "a1"})
-    raise RuntimeError("the view failed after notifying")
 
 
 @pytest.fixture(autouse=True)
@@ -358,18 +358,8 @@ def article_event(event_class=ResourceChanged, article_id="a1", action="create")
     return event_class(payload, [{"new": {"id": article_id}}])
 
 
-class FakeRequest:
-    def __init__(self):
-        self.environ = {}
-
-
-def kinto_event(event_class, step="create_record_1"):
-    (recorded,) = [e for e in kinto_events(event_class.__name__) if e["step"] == step]
-    return event_class(recorded["payload"], recorded["impacted_objects"], FakeRequest())
-
-
 def test_the_listener_pushes_json_dumps_of_the_payload_with_lpush(reader):
-    listener = redis_listener.Listener(reader, LIST, EVERYTHING)
+    listener = redis_listener.RedisForwarder(reader, LIST, EVERYTHING)
     first, second = article_event(article_id="a1"), article_event(article_id="a2")
 
     listener(first)
@@ -383,7 +373,7 @@ def test_the_listener_pushes_json_dumps_of_the_payload_with_lpush(reader):
 
 
 def test_the_listener_ignores_the_hosts_own_after_commit_events(reader):
-    listener = redis_listener.Listener(reader, LIST, EVERYTHING)
+    listener = redis_listener.RedisForwarder(reader, LIST, EVERYTHING)
 
     listener(article_event(AfterResourceChanged))
     listener(kinto_event(KintoAfterResourceChanged))
@@ -393,7 +383,7 @@ def test_the_listener_ignores_the_hosts_own_after_commit_events(reader):
 
 def test_the_listener_filters_committed_events_itself(reader):
     only_deletes = EventFilter.parse(Options({"x.actions": "delete"}, "x.", None))
-    listener = redis_listener.Listener(reader, LIST, only_deletes)
+    listener = redis_listener.RedisForwarder(reader, LIST, only_deletes)
 
     listener(article_event(action="create"))
     listener(article_event(action="delete"))
@@ -403,7 +393,7 @@ def test_the_listener_filters_committed_events_itself(reader):
 
 @pytest.mark.parametrize("step", ["create_record_1", "delete_record", "batch_3_record_creations"])
 def test_a_kinto_change_is_pushed_with_its_impacted_objects_and_no_warning(reader, step):
-    listener = redis_listener.Listener(reader, LIST, EVERYTHING, include_impacted=True)
+    listener = redis_listener.RedisForwarder(reader, LIST, EVERYTHING, include_impacted=True)
     event = kinto_event(KintoResourceChanged, step)
 
     with warnings.catch_warnings():
@@ -414,7 +404,7 @@ def test_a_kinto_change_is_pushed_with_its_impacted_objects_and_no_warning(reade
 
 
 def test_a_redis_error_is_logged_with_the_event_and_never_raised(caplog):
-    listener = redis_listener.Listener(DownRedis(), LIST, EVERYTHING)
+    listener = redis_listener.RedisForwarder(DownRedis(), LIST, EVERYTHING)
 
     with caplog.at_level(logging.ERROR, logger="notifier"):
         listener(article_event())
@@ -427,7 +417,7 @@ def test_a_redis_error_is_logged_with_the_event_and_never_raised(caplog):
 
 
 def test_a_payload_that_is_not_json_is_logged_and_not_pushed(reader, caplog):
-    listener = redis_listener.Listener(reader, LIST, EVERYTHING)
+    listener = redis_listener.RedisForwarder(reader, LIST, EVERYTHING)
     event = article_event()
     event.payload["tags"] = {"not", "json"}
 
@@ -507,7 +497,7 @@ def test_a_bad_redis_listener_option_from_the_environment_names_the_variable(
 
 def test_after_a_redis_error_a_request_pushes_no_more_and_the_next_request_tries_again(caplog):
     client = DownRedis()
-    listener = redis_listener.Listener(client, LIST, EVERYTHING)
+    listener = redis_listener.RedisForwarder(client, LIST, EVERYTHING)
     request, next_request = FakeRequest(), FakeRequest()
 
     with caplog.at_level(logging.ERROR, logger="notifier"):

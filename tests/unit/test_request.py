@@ -17,33 +17,7 @@ from webtest import TestApp
 
 from notifier.events import ResourceChanged
 from notifier.wire.message import decode
-from tests.unit.fakes import RecordingDataManager
-
-
-class RecordingPublisher:
-    """Stands in for CeleryPublisher: keeps what would have been sent, and when."""
-
-    def __init__(self, broker_url, timeout, timeline=None):
-        self.broker_url = broker_url
-        self.timeout = timeout
-        self.timeline = [] if timeline is None else timeline
-        self.published = []
-
-    def publish(self, message, queue):
-        self.timeline.append(f"published {message.action}")
-        self.published.append((message, queue))
-
-    @property
-    def messages(self):
-        return [message for message, _ in self.published]
-
-
-class BrokenPublisher(RecordingPublisher):
-    """A publisher whose broker is down: it sees the message, then raises."""
-
-    def publish(self, message, queue):
-        self.published.append((message, queue))
-        raise ConnectionError("Error 111 connecting to localhost:6379. Connection refused.")
+from tests.unit.fakes import BrokenPublisher, RecordingDataManager, RecordingPublisher
 
 
 def notify_create(request, article_id="a1"):

@@ -15,6 +15,7 @@ from notifier.settings import parse_settings
 from notifier.spool import Spool, SpoolFile, main
 from notifier.subscriber import Subscriber
 from notifier.wire.message import encode
+from tests.unit.fakes import FakeRequest
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +53,7 @@ def test_kept_messages_are_published_oldest_first_once_the_broker_answers(tmp_pa
     broker = Broker(up=False)
     spool = Spool(tmp_path, broker.publish, retry=60)
     for article_id in ("a1", "a2", "a3"):
-        spool.keep(message(article_id), "articles")
+        spool.write(message(article_id), "articles")
 
     assert spool.flush() == 0
     assert spool.holds_messages()
@@ -73,7 +74,7 @@ def test_a_flush_stops_at_the_first_message_the_broker_refuses_and_keeps_the_res
 
     spool = Spool(tmp_path, publish, retry=60)
     for article_id in ("a1", "a2", "a3", "a4"):
-        spool.keep(message(article_id), "articles")
+        spool.write(message(article_id), "articles")
 
     assert spool.flush() == 2
     assert taken == ["a1", "a2"]
@@ -84,7 +85,7 @@ def test_a_flush_stops_at_the_first_message_the_broker_refuses_and_keeps_the_res
 def test_the_background_thread_publishes_kept_messages_when_the_broker_is_back(tmp_path):
     broker = Broker(up=False)
     spool = Spool(tmp_path, broker.publish, retry=0.05)
-    spool.keep(message("a1"), "articles")
+    spool.write(message("a1"), "articles")
     time.sleep(0.2)
     assert broker.published == []
 
@@ -104,7 +105,7 @@ def down(message, queue):
     raise ConnectionError("down")
 spool = Spool(sys.argv[1], down, retry=60)
 payload = {"resource_name": "article", "action": "create", "article_id": "left-behind"}
-spool.keep(encode(payload, [{"new": {}}], [0], request_id="r"), "articles")
+spool.write(encode(payload, [{"new": {}}], [0], request_id="r"), "articles")
 """
 
 
@@ -120,7 +121,7 @@ def test_a_file_left_by_a_process_that_is_gone_is_published_by_another(tmp_path)
 
 def test_a_file_held_by_a_running_process_is_left_to_it(tmp_path):
     holder = Spool(tmp_path, Broker(up=False).publish, retry=60)
-    holder.keep(message("a1"), "articles")
+    holder.write(message("a1"), "articles")
     other = Broker()
 
     assert Spool(tmp_path, other.publish, retry=60).flush() == 0
@@ -131,7 +132,7 @@ def test_spools_of_different_publishers_keep_their_own_files(tmp_path):
     first = Spool(tmp_path, Broker(up=False).publish, retry=60, name="first")
     second_broker = Broker()
     second = Spool(tmp_path, second_broker.publish, retry=60, name="second")
-    first.keep(message("a1"), "articles")
+    first.write(message("a1"), "articles")
 
     assert second.flush() == 0
     assert second_broker.published == []
@@ -140,11 +141,6 @@ def test_spools_of_different_publishers_keep_their_own_files(tmp_path):
 def after_commit(article_id, request):
     payload = {"resource_name": "article", "action": "create", "article_id": article_id}
     return AfterResourceChanged(payload, [{"new": {"id": article_id}}], request)
-
-
-class FakeRequest:
-    def __init__(self):
-        self.environ = {}
 
 
 def test_an_event_the_broker_does_not_take_is_kept_and_later_ones_queue_behind_it(tmp_path):
@@ -193,8 +189,8 @@ def test_two_spools_of_one_process_with_one_name_keep_apart(tmp_path):
     first = Spool(tmp_path, first_broker.publish, retry=60)
     second = Spool(tmp_path, second_broker.publish, retry=60)
 
-    first.keep(message("a1"), "articles")
-    second.keep(message("a2"), "articles")
+    first.write(message("a1"), "articles")
+    second.write(message("a2"), "articles")
 
     assert first.holds_messages()
     assert second.holds_messages()
@@ -341,7 +337,7 @@ def test_a_read_only_spool_directory_keeps_messages_in_memory_until_the_broker_a
     spool = Spool(unwritable.path, broker.publish, retry=0.01)
     kept = [message(article_id) for article_id in ("a1", "a2", "a3")]
     for each in kept:
-        spool.keep(each, "articles")
+        spool.write(each, "articles")
 
     lines = critical(caplog)  # one for each, naming it
     assert all(
@@ -361,10 +357,10 @@ def test_a_message_the_memory_queue_has_no_room_for_is_logged_as_lost_with_its_i
     broker = Broker(up=False)
     spool = Spool(unwritable.path, broker.publish, retry=60, memory_limit=2)
     kept = [message(article_id) for article_id in ("a1", "a2", "a3")]
-    spool.keep(kept[0], "articles")
-    spool.keep(kept[1], "articles")
+    spool.write(kept[0], "articles")
+    spool.write(kept[1], "articles")
     with pytest.raises(SpoolFull, match=kept[2].task_id):
-        spool.keep(kept[2], "articles")
+        spool.write(kept[2], "articles")
 
     (lost,) = [line for line in critical(caplog) if line.startswith("lost")]
     assert kept[2].task_id in lost
@@ -376,14 +372,14 @@ def test_a_message_the_memory_queue_has_no_room_for_is_logged_as_lost_with_its_i
 def test_messages_held_in_memory_go_to_disk_once_it_takes_them_and_keep_their_order(unwritable):
     broker = Broker(up=False)
     spool = Spool(unwritable.path, broker.publish, retry=60)
-    spool.keep(message("a1"), "articles")  # in memory
+    spool.write(message("a1"), "articles")  # in memory
     unwritable.make_writable()
-    spool.keep(message("a2"), "articles")  # behind a1, though the disk would take it
+    spool.write(message("a2"), "articles")  # behind a1, though the disk would take it
 
     assert spool.flush() == 0  # the broker refuses: what memory holds goes to disk
     (own,) = spool.files()
     assert len(own) == 2
-    spool.keep(message("a3"), "articles")
+    spool.write(message("a3"), "articles")
     broker.up = True
     assert spool.flush() == 3
     assert broker.published == [("a1", "articles"), ("a2", "articles"), ("a3", "articles")]
@@ -395,13 +391,13 @@ def test_messages_published_from_a_file_that_cannot_be_changed_are_published_onc
 ):
     broker = Broker(up=False)
     spool = Spool(tmp_path, broker.publish, retry=0.01)
-    spool.keep(message("a1"), "articles")
-    spool.keep(message("a2"), "articles")
+    spool.write(message("a1"), "articles")
+    spool.write(message("a2"), "articles")
     files_that_cannot_be_changed(monkeypatch)  # they cannot be deleted once published
 
     broker.up = True
     assert wait_until(lambda: not spool.holds_messages())
-    spool.keep(message("a3"), "articles")  # nor written: held in memory
+    spool.write(message("a3"), "articles")  # nor written: held in memory
     assert wait_until(lambda: not spool.holds_messages())
     assert said_the_spool_is_empty(caplog)
     time.sleep(0.1)  # rounds enough to publish a1 and a2 again, if it did
@@ -416,12 +412,12 @@ def test_a_spool_file_that_cannot_be_read_does_not_stop_the_background_thread(tm
     repaired.append(message("left-behind"), "articles")
     broker = Broker(up=False)
     spool = Spool(tmp_path, broker.publish, retry=0.01)
-    spool.keep(message("a1"), "articles")
+    spool.write(message("a1"), "articles")
     time.sleep(0.1)
 
     broker.up = True
     assert wait_until(lambda: not spool.holds_messages())
-    spool.keep(message("a2"), "articles")
+    spool.write(message("a2"), "articles")
     assert wait_until(lambda: not spool.holds_messages())
 
     assert broker.published == [("a1", "articles"), ("a2", "articles")]
@@ -449,8 +445,8 @@ def test_an_unexpected_error_of_the_publisher_does_not_stop_the_background_threa
         broker.publish(message, queue)
 
     spool = Spool(tmp_path, publish, retry=0.01)
-    spool.keep(message("a1"), "articles")
-    spool.keep(message("a2"), "articles")
+    spool.write(message("a1"), "articles")
+    spool.write(message("a2"), "articles")
 
     assert wait_until(lambda: not spool.holds_messages())
     assert said_the_spool_is_empty(caplog)

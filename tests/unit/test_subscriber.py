@@ -9,24 +9,7 @@ from notifier.events import AfterResourceChanged
 from notifier.settings import parse_settings
 from notifier.subscriber import Subscriber
 from notifier.wire.message import decode
-
-
-class RecordingPublisher:
-    def __init__(self):
-        self.published = []
-
-    def publish(self, message, queue):
-        self.published.append((message, queue))
-
-
-class BrokenPublisher:
-    def publish(self, message, queue):
-        raise ConnectionError("Connection refused")
-
-
-class FakeRequest:
-    def __init__(self):
-        self.environ = {}
+from tests.unit.fakes import BrokenPublisher, FakeRequest, RecordingPublisher
 
 
 def subscriber(publisher, **settings):
@@ -163,6 +146,7 @@ def test_an_event_without_resource_name_or_action_is_logged_and_not_published(mi
 
 class CountingBrokenPublisher(BrokenPublisher):
     def __init__(self):
+        super().__init__()
         self.attempts = 0
 
     def publish(self, message, queue):
