@@ -16,7 +16,7 @@ transaction; getting or removing one by id does not read the others.
 
 The same Redis counts the redeliveries of the listeners' messages in flight, the bound before a
 message whose worker dies every time becomes a dead letter
-(``tasks.dispatch.task.within_deliveries``)::
+(:class:`tasks.dispatch.bound.DeliveryBound`)::
 
     notifier:dead_letters:redeliveries:TASK_ID   a count: how many times the Redis transport
                                                  handed the message out again

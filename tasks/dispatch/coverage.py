@@ -19,7 +19,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import redis
@@ -27,11 +26,11 @@ from kombu.exceptions import KombuError
 
 from notifier.wire.message import Message
 from tasks.dead_letters import DeadLetters
-from tasks.fleet import Fleet, ListenerSpec, dispatch_only
-from tasks.listeners.batch import listener_task_id
+from tasks.dispatch.delivery import listener_task_id
+from tasks.fleet import Fleet, ListenerSpec
 from tasks.listeners.registry import Listener, Registry
 
-__all__ = ["VIEW_MAX_AGE", "Coverage", "coverage"]
+__all__ = ["VIEW_MAX_AGE", "Coverage"]
 
 logger = logging.getLogger("notifier")
 
@@ -62,7 +61,10 @@ def _send(registry: Registry) -> Callable[[ListenerSpec, Message], None]:
 
 
 class Coverage:
-    """Dispatch's look beyond this worker's listeners (see the module's doc)."""
+    """Dispatch's look beyond this worker's listeners (see the module's doc): the listeners that
+    the live workers of ``fleet`` know and ``registry`` does not. A worker has one, built at its
+    start (:func:`tasks.wiring.wire`), which reads the fleet again once its view is older than
+    ``max_age`` seconds."""
 
     def __init__(
         self,
@@ -170,15 +172,3 @@ class Coverage:
             for name, spec in sorted(specs.items())
         ]
         return self._elsewhere
-
-
-@cache
-def coverage(registry: Registry, dead_letters: DeadLetters) -> Coverage:
-    """The coverage of this worker process's dispatch, for ``registry`` and the fleet kept
-    beside ``dead_letters``."""
-    return Coverage(
-        Fleet(dead_letters.client),
-        registry,
-        dead_letters,
-        only_dispatches=dispatch_only(registry.app.conf),
-    )

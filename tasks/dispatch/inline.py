@@ -13,9 +13,9 @@ half as many events). So the dispatch task runs it, on these terms:
   own, that does not keep order (``ordered=``, ``parents=``).
 - The run is the listener task's first attempt, with the request its task would have had (its
   id ``<event_id>:<listener>``, its queue, no retries yet): the bound on deliveries
-  (``tasks.dispatch.task.within_deliveries``) counts it, so a worker that dies during it redelivers
-  the dispatch message, which runs the listener again until it has used its attempts, and then
-  keeps it as a dead letter.
+  (:class:`tasks.dispatch.bound.DeliveryBound`) counts it, so a worker that dies during it
+  redelivers the dispatch message, which runs the listener again until it has used its attempts,
+  and then dead-letters it.
 - A run that raises is retried as Celery retries the listener's task (``autoretry_for``,
   backoff, ``max_retries``): Celery sends the task for its second attempt, and from then on the
   listener's own task retries and fails as usual. An exception the listener does not retry
@@ -25,6 +25,9 @@ half as many events). So the dispatch task runs it, on these terms:
   sent to its task again.
 - Celery's signals about the listener's task (``task_prerun``, ``task_success``...) are not
   sent for this first attempt; the dispatch task's are.
+- Only on the Celery versions whose task stack was checked (:mod:`tasks.broker.task_stack`,
+  :func:`tasks.broker.versions.internals_checked`): on others, every listener runs as its own
+  task.
 """
 
 from __future__ import annotations
@@ -35,15 +38,16 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery._state import _task_stack  # type: ignore[attr-defined]  # not in celery-types
 from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import KombuError
 
-from notifier.errors import ListenersNotSent, MalformedMessage
-from notifier.wire.message import Message, decode
+from notifier.errors import ListenersNotSent
+from notifier.wire.message import Message
+from tasks.broker.task_stack import running
+from tasks.broker.versions import internals_checked
 from tasks.dead_letters import DeadLetters
-from tasks.listeners.batch import listener_task_id
-from tasks.listeners.registry import Listener, Registry
+from tasks.dispatch.delivery import listener_task_id
+from tasks.listeners.registry import Listener
 
 __all__ = ["run_alone", "runs_in_dispatch"]
 
@@ -60,7 +64,8 @@ def runs_in_dispatch(listener: Listener) -> bool:
     queues = task.app.amqp.queues
     consumed = queues.consume_from if queues.consume_from is not None else queues
     return (
-        listener.queue in consumed
+        internals_checked()
+        and listener.queue in consumed
         and listener.batch is None
         and not listener.ordered
         and not listener.parents
@@ -73,38 +78,25 @@ def runs_in_dispatch(listener: Listener) -> bool:
 
 
 def run_alone(
+    message: Message,
     data: Any,
-    registry: Registry,
+    listeners: list[Listener],
     dead_letters: DeadLetters,
-    only: list[str] | None,
     *,
+    only: list[str] | None = None,
     again: bool = False,
-    decoded: tuple[Message, list[Listener]] | None = None,
 ) -> list[str] | None:
-    """Run the one listener that wants the message ``data``, if it alone does and may run here;
-    return its name. ``None``: dispatch sends the listener tasks as usual. Batch listeners are
-    left out: they never run here, and their own tasks keep them apart from this one.
+    """Run the one listener of ``listeners`` (those that want ``message``, decoded from
+    ``data``, of those named in ``only``; batch listeners left out), if it alone wants it and
+    may run here; return its name. ``None``: dispatch sends the listener tasks as usual. Batch
+    listeners never run here, and their own tasks keep them apart from this one.
 
     ``again``: this dispatch is a retry or a redelivery, so the first attempt ran here already
     and its worker died: the listener's own task takes over, for its second attempt.
-
-    ``decoded``: the message decoded and the listeners of ``only`` that want it, batch
-    listeners left out, when the caller has them.
     """
-    if decoded is not None:
-        message, matching = decoded
-    else:
-        try:
-            message = decode(data)
-        except MalformedMessage:
-            return None  # fan_out keeps it as a dead letter
-        # Batch listeners have tasks of their own whatever else wants the message.
-        matching = [
-            listener for listener in registry.matching(message, only) if listener.batch is None
-        ]
-    if len(matching) != 1 or not runs_in_dispatch(matching[0]):
+    if len(listeners) != 1 or not runs_in_dispatch(listeners[0]):
         return None
-    [listener] = matching
+    [listener] = listeners
     task = listener.task
     if again:
         if only is not None:
@@ -121,52 +113,57 @@ def run_alone(
         delivery_info={"exchange": "", "routing_key": listener.queue},
         called_directly=False,
     )
-    _task_stack.push(task)
-    try:
-        task.run(data)
-    except Retry:
-        # Celery sent the listener's task for its next attempt, and logged why.
-        logger.warning(
-            "listener %s failed on event %s in dispatch: its task tries again",
-            listener.name,
-            message.event_id,
-        )
-    except Ignore:
-        # Celery's "ignore this task" (raised by the listener, or by Task.replace): no failure.
-        logger.info("listener %s ignored event %s in dispatch", listener.name, message.event_id)
-    except Reject as exc:
-        # Task.retry's Reject: its task could not be sent (celery-types lacks Reject's attributes)
-        if isinstance(getattr(exc, "reason", None), _SEND_ERRORS):
-            logger.error(
-                "event %s not sent to listener %s: %s", message.event_id, listener.name, exc
+    # Celery's current task is the listener's until the run's end is dealt with (a requeue's
+    # task has the listener's task as its parent, as it would from the listener's own task).
+    with running(task):
+        try:
+            task.run(data)
+        except Retry:
+            # Celery sent the listener's task for its next attempt, and logged why.
+            logger.warning(
+                "listener %s failed on event %s in dispatch: its task tries again",
+                listener.name,
+                message.event_id,
             )
-            raise ListenersNotSent([listener.name]) from None
-        # The listener's own: Celery would drop the message, or requeue it (its task, again).
-        logger.warning("listener %s rejected event %s: %s", listener.name, message.event_id, exc)
-        if getattr(exc, "requeue", False):
-            _requeue(listener, data, message.task_id)
-    except Exception as exc:
-        # Not retried (autoretry_for, dont_autoretry_for, max_retries): failed for good.
-        letter = dead_letters.add(
-            f"{type(exc).__name__}: {exc}",
-            data,
-            listener=listener.name,
-            attempts=1,
-            queue=listener.queue,
-            traceback=traceback.format_exc(),
-        )
-        logger.error("%s failed for good: kept as dead letter %s", listener.name, letter.id)
-    else:
-        logger.info(
-            "event %s (%s %s) run by listener %s in dispatch",
-            message.event_id,
-            message.action,
-            message.resource_name,
-            listener.name,
-        )
-    finally:
-        _task_stack.pop()
-        task.pop_request()
+        except Ignore:
+            # Celery's "ignore this task" (raised by the listener, or by Task.replace): no
+            # failure.
+            logger.info("listener %s ignored event %s in dispatch", listener.name, message.event_id)
+        except Reject as exc:
+            # Task.retry's Reject: its task could not be sent (celery-types lacks Reject's
+            # attributes).
+            if isinstance(getattr(exc, "reason", None), _SEND_ERRORS):
+                logger.error(
+                    "event %s not sent to listener %s: %s", message.event_id, listener.name, exc
+                )
+                raise ListenersNotSent([listener.name]) from None
+            # The listener's own: Celery would drop the message, or requeue it (its task, again).
+            logger.warning(
+                "listener %s rejected event %s: %s", listener.name, message.event_id, exc
+            )
+            if getattr(exc, "requeue", False):
+                _requeue(listener, data, message.task_id)
+        except Exception as exc:
+            # Not retried (autoretry_for, dont_autoretry_for, max_retries): failed for good.
+            letter = dead_letters.add(
+                f"{type(exc).__name__}: {exc}",
+                data,
+                listener=listener.name,
+                attempts=1,
+                queue=listener.queue,
+                traceback=traceback.format_exc(),
+            )
+            logger.error("%s failed for good: kept as dead letter %s", listener.name, letter.id)
+        else:
+            logger.info(
+                "event %s (%s %s) run by listener %s in dispatch",
+                message.event_id,
+                message.action,
+                message.resource_name,
+                listener.name,
+            )
+        finally:
+            task.pop_request()
     return [listener.name]
 
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from notifier.events import parent_of
 from notifier.wire.message import Message
+from notifier.wire.payload import parent_of
 
 __all__ = ["Event", "ParentDelete", "canonical", "change_id", "change_version", "scopes_above"]
 
@@ -86,7 +86,7 @@ def scopes_above(
     parent: tuple[tuple[str, Any], ...],
 ) -> Iterator[tuple[tuple[str, Any], ...]]:
     """Every parent whose delete drops a record living in ``parent`` (the sorted payload
-    values of :func:`~notifier.events.parent_of`): each non-empty part of it, e.g. for
+    values of :func:`~notifier.wire.payload.parent_of`): each non-empty part of it, e.g. for
     ``(("bucket_id", "b"), ("collection_id", "c"))`` the bucket, the collection, and
     ``(("collection_id", "c"),)``, whatever order the app's URLs name them in."""
     for size in range(1, len(parent) + 1):

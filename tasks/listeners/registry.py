@@ -8,34 +8,33 @@ fails on its own.
 from __future__ import annotations
 
 import functools
-import logging
-import random
-import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast, overload
 
 from celery import Celery, Task, current_task
 
-from notifier.errors import ListenerError, ObjectsBusy
-from notifier.events import ACTIONS
-from notifier.wire.message import Message, decode
+from notifier.errors import ListenerError
+from notifier.wire.message import Message
 from tasks.listeners.batch import batch_runner, check_batch
 from tasks.listeners.event import Event
-from tasks.listeners.ordered import OrderGuard
+from tasks.listeners.options import (
+    check_actions,
+    check_parents,
+    check_resources,
+    check_task_options,
+    check_where,
+)
+from tasks.listeners.runs import ListenerRun, NotWired, RunWrapper, run_through
 
 __all__ = ["DEFAULT_ACTIONS", "LISTENER_QUEUE", "RETRIES", "Listener", "Registry", "wants"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-logger = logging.getLogger("notifier")
-
 DEFAULT_ACTIONS = ("create", "update", "delete")
 #: The queue of a listener that names none: its own, so that only the workers that have the
 #: listener take its tasks.
 LISTENER_QUEUE = "notifier.listener.{name}"
-_ACTION_NAMES = tuple(action.value for action in ACTIONS)
-_RESOURCE_NAME = re.compile(r"^(\*|[A-Za-z0-9_]+)$")
 
 #: How a plain-function listener retries unless it says otherwise: after any exception, or
 #: after its pool process died, up to 3 more times, about 1, 2 and 4 s later (exponential
@@ -48,26 +47,6 @@ RETRIES: dict[str, Any] = {
     "retry_backoff_max": 60,
     "retry_jitter": True,
 }
-
-#: The Celery task options a plain-function listener may set (see Celery's Task attributes).
-TASK_OPTIONS = frozenset(
-    {
-        "max_retries",
-        "default_retry_delay",
-        "autoretry_for",
-        "dont_autoretry_for",
-        "retry_kwargs",
-        "retry_backoff",
-        "retry_backoff_max",
-        "retry_jitter",
-        "rate_limit",
-        "time_limit",
-        "soft_time_limit",
-        "acks_late",
-        "reject_on_worker_lost",
-        "priority",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +98,6 @@ def wants(
     )
 
 
-def _as_event(argument: Event | Mapping[str, Any]) -> Event:
-    # A listener task receives the message (a dict); a direct call may pass an Event.
-    if isinstance(argument, Event):
-        return argument
-    return Event.from_message(decode(argument))
-
-
 class Registry:
     """The listeners of one Celery app, by name."""
 
@@ -133,21 +105,22 @@ class Registry:
         self,
         app: Celery,
         on_new_queue: Callable[[str], None] = lambda name: None,
-        may_run: Callable[[Any, Any], bool] = lambda task, message: True,
-        order_guard: Callable[[], OrderGuard] | None = None,
-        on_defer: Callable[[Any], Mapping[str, Any] | None] = lambda task: None,
+        wrappers: Sequence[RunWrapper] | None = None,
     ) -> None:
         self.app = app
         self.on_new_queue = on_new_queue
-        # Asked before each run of a listener task (the running task, its message): False
-        # skips the run, the guard having dealt with the message.
-        self.may_run = may_run
-        # Gives the per-object versions of ordered listeners (tasks.listeners.ordered).
-        self.order_guard = order_guard
-        # Asked for each run sent back to its queue because its objects were busy (a delivery
-        # that is not an attempt): the message headers the task sent back carries, if any.
-        self.on_defer = on_defer
+        self._wrappers = None if wrappers is None else tuple(wrappers)
         self._listeners: dict[str, Listener] = {}
+
+    def wrap_runs(self, wrappers: Sequence[RunWrapper]) -> None:
+        """Run every listener task through ``wrappers``, outermost first
+        (:mod:`tasks.listeners.runs`); :func:`tasks.wiring.wire` gives the worker's."""
+        self._wrappers = tuple(wrappers)
+
+    @property
+    def wrappers(self) -> tuple[RunWrapper, ...] | None:
+        """The run wrappers of this registry's listener tasks; None until it is given some."""
+        return self._wrappers
 
     def __iter__(self) -> Iterator[Listener]:
         return iter(self._listeners.values())
@@ -223,19 +196,14 @@ class Registry:
         """
         if callable(resource_names) and not isinstance(resource_names, str):
             return self.listener()(resource_names)
-        resources = self._check_resources(resource_names)
-        wanted = self._check_actions(actions)
-        payload_filter = self._check_where(where or {})
-        parent_names = self._check_parents(parents, resources)
+        resources = check_resources(resource_names)
+        wanted = check_actions(actions)
+        payload_filter = check_where(where or {})
+        parent_names = check_parents(parents, resources)
         if not isinstance(ordered, bool):
             raise ListenerError(f"bad ordered={ordered!r}: use True or False")
         batch_size = check_batch(batch, ordered=ordered, parents=parent_names)
-        unknown = sorted(set(task_options) - TASK_OPTIONS)
-        if unknown:
-            raise ListenerError(
-                f"unknown listener options {unknown}: @listener takes actions, name, queue and "
-                f"the Celery task options {sorted(TASK_OPTIONS)}"
-            )
+        check_task_options(task_options)
 
         def register(function: F) -> F:
             if isinstance(function, Task):
@@ -316,127 +284,29 @@ class Registry:
         return task
 
     def _run(self, name: str, message: Any, call: Callable[[Event], Any]) -> Any:
-        # One run of a listener's task (or a direct call, outside any worker).
-        task = current_task
-        if not self.may_run(task, message):
-            return None
-        event = _as_event(message)
-        listener = self._listeners.get(name)
-        if listener is None or not listener.ordered:
+        # One run of a plain listener's task (or a direct call, outside any worker).
+        def last(run: ListenerRun) -> Any:
+            event = run.decoded()
+            if run.listener.ordered and not run.guarded:
+                raise ListenerError(
+                    f"{name} is ordered, and its registry has no order guard: a worker's gets "
+                    "one from tasks.wiring.wire"
+                )
             return call(event)
-        if self.order_guard is None:
-            raise ListenerError(f"{name} is ordered, and its registry has no order guard")
-        request = getattr(task, "request", None)
-        guard = self.order_guard()
-        try:
-            claim = guard.claim(name, event, parents=listener.parents)
-        except ObjectsBusy:
-            if request is None or not getattr(request, "id", None):
-                raise  # a direct call: the caller decides
-            self._defer(task, listener)
-            return None
-        new_event = claim.new_event
-        if new_event is None:
-            guard.release(claim, applied=False)
-            logger.info("%s: event %s skipped: no change newer than applied", name, event.event_id)
-            return None
-        try:
-            with guard.holding(claim):
-                result = call(new_event)
-        except BaseException:
-            guard.release(claim, applied=False)
-            raise
-        guard.release(claim, applied=True)
-        return result
 
-    def _defer(self, task: Any, listener: Listener) -> None:
-        # Back to the listener's queue, a little later, as the same task (same id, same
-        # attempts): waiting here would keep a pool process that the run holding the objects
-        # may need, when that run is a redelivery.
-        request = task.request
-        delay = random.uniform(0.5, 2.0)
-        headers = self.on_defer(task)
-        task.apply_async(
-            args=request.args,
-            kwargs=request.kwargs,
-            task_id=request.id,
-            queue=listener.queue,
-            countdown=delay,
-            retries=request.retries,
-            **({"headers": headers} if headers else {}),
-        )
-        logger.info(
-            "%s: task %s sent back to %s for %.1f s, its objects being busy",
-            listener.name,
-            request.id,
-            listener.queue,
-            delay,
-        )
+        return self.run(name, current_task, message, last)
 
-    @staticmethod
-    def _check_resources(resource_names: str | Iterable[str]) -> frozenset[str]:
-        names = [resource_names] if isinstance(resource_names, str) else list(resource_names)
-        bad = [n for n in names if not isinstance(n, str) or not _RESOURCE_NAME.match(n)]
-        if not names or bad:
-            raise ListenerError(
-                f"bad resource names {bad or names!r}: use resource names like 'article', "
-                "or '*' for every resource"
-            )
-        return frozenset(names)
-
-    @staticmethod
-    def _check_parents(parents: Any, resources: frozenset[str]) -> frozenset[str]:
-        names = [parents] if isinstance(parents, str) else list(parents)
-        bad = [
-            n
-            for n in names
-            if not isinstance(n, str) or not _RESOURCE_NAME.match(n) or n == "*" or n in resources
-        ]
-        if bad:
-            raise ListenerError(
-                f"bad parents {bad!r}: name the resources whose deletes drop this listener's "
-                "records, e.g. parents=('bucket', 'collection'), other than its own resources"
-            )
-        if names and "*" in resources:
-            raise ListenerError(
-                f"parents={names!r} with every resource ('*'): name the listener's resources, "
-                "so that a parent's delete is not also one of its own objects' deletes"
-            )
-        return frozenset(names)
-
-    @staticmethod
-    def _check_where(where: Any) -> dict[str, frozenset[str]]:
-        how = (
-            "use payload keys and the values they must have, e.g. where={'bucket_id': 'blog'} "
-            "or where={'collection_id': ['posts', 'pages']}"
-        )
-        if not isinstance(where, Mapping):
-            raise ListenerError(f"bad where={where!r}: {how}")
-        checked = {}
-        for key, values in where.items():
-            if isinstance(values, str):
-                allowed = [values]
-            elif isinstance(values, Iterable) and not isinstance(values, Mapping):
-                allowed = list(values)
-            else:
-                allowed = []
-            if (
-                not isinstance(key, str)
-                or not allowed
-                or not all(isinstance(value, str) for value in allowed)
-            ):
-                raise ListenerError(f"bad where= entry {key!r}: {values!r}: {how}")
-            checked[key] = frozenset(allowed)
-        return checked
-
-    @staticmethod
-    def _check_actions(actions: Iterable[str]) -> frozenset[str]:
-        if isinstance(actions, str):
-            actions = [actions]
-        names = list(actions)
-        unknown = [a for a in names if a not in _ACTION_NAMES]
-        if unknown or not names:
-            raise ListenerError(
-                f"unknown actions {unknown or names!r}: use some of {', '.join(_ACTION_NAMES)}"
-            )
-        return frozenset(names)
+    def run(self, name: str, task: Any, message: Any, last: Callable[[ListenerRun], Any]) -> Any:
+        """Run listener ``name``'s ``task`` (the running one, Celery's current task) on
+        ``message`` (what it received) through the run wrappers, then ``last``. In a worker, a
+        registry not given its wrappers yet raises :class:`~tasks.listeners.runs.NotWired`; a
+        direct call runs bare."""
+        wrappers = self._wrappers
+        if wrappers is None:
+            if getattr(getattr(task, "request", None), "id", None):
+                raise NotWired(
+                    f"listener {name} runs in a worker whose registry has no run wrappers: "
+                    "tasks.wiring.wire(app, registry) gives them when the worker starts"
+                )
+            wrappers = ()
+        return run_through(wrappers, ListenerRun(self._listeners[name], task, message), last)

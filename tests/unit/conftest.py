@@ -1,14 +1,21 @@
-"""What the unit tests share: the golden Kinto events, an environment without notifier's, and
-a fake Redis (which runs Lua scripts) with dispatch's taker on it."""
+"""What the unit tests share: the golden Kinto events, an environment without notifier's, a
+fake Redis (which runs Lua scripts) with dispatch's taker on it, and a worker's registry with
+its collaborators around fakes (dead letters and an order guard in fake Redis)."""
 
 import json
 from pathlib import Path
 
 import fakeredis
 import pytest
+from celery import Celery
 
 import notifier.outbox
+from tasks.app import app as worker_app
 from tasks.broker.taking import Taker
+from tasks.dead_letters import DeadLetters
+from tasks.listeners.ordered import OrderGuard
+from tasks.listeners.registry import Registry
+from tasks.wiring import bind, collaborators
 
 KINTO_EVENTS = Path(__file__).parent.parent / "fixtures" / "kinto-26-events.jsonl"
 
@@ -41,6 +48,47 @@ def taker(client):
     taker = Taker(client, visibility_timeout=30)
     taker.hold = lambda tags: None
     return taker
+
+
+@pytest.fixture
+def app():
+    """A Celery app of the test's own, on an in-memory broker."""
+    return Celery("unit-tests", broker="memory://", set_as_current=False)
+
+
+@pytest.fixture
+def registry(app):
+    """A registry of the test's own, not wired: its listeners run bare outside a worker."""
+    return Registry(app)
+
+
+@pytest.fixture
+def dead_letters():
+    return DeadLetters(fakeredis.FakeRedis())
+
+
+@pytest.fixture
+def order_guard():
+    """An order guard in a fake Redis of its own, which never waits for busy objects."""
+    return OrderGuard(fakeredis.FakeRedis(), wait=0)
+
+
+@pytest.fixture
+def wired(registry, dead_letters, order_guard):
+    """The collaborators a worker of ``registry`` has (tasks.wiring), around the fakes, bound to
+    its app: its listeners, dispatch and the signal handlers work with them as a worker's do."""
+    built = collaborators(registry, dead_letters, order_guard)
+    bind(registry.app, built)
+    return built
+
+
+@pytest.fixture
+def worker_wired(wired):
+    """The same collaborators bound to the worker's app too, whose dispatch task is
+    ``tasks.dispatch.task.dispatch``; unbound after the test."""
+    bind(worker_app, wired)
+    yield wired
+    del worker_app.notifier_collaborators
 
 
 @pytest.fixture

@@ -3,38 +3,30 @@ the messages it takes, one task per batch; a failed batch goes on event by event
 
 import json
 
-import fakeredis
 import pytest
-from celery import Celery
-from celery._state import _task_stack  # type: ignore[attr-defined]
 
 from notifier.errors import ListenerError
-from notifier.publisher import task_message
 from notifier.wire.message import DISPATCH_TASK, encode
 from notifier.wire.message import split as split_event
-from tasks.dead_letters import DeadLetters
-from tasks.dispatch.task import DispatchRun, fan_out
-from tasks.listeners.batch import batch_task_id, run_batch
-from tasks.listeners.registry import Registry
-
-QUEUE = "notifier"
-
-
-@pytest.fixture
-def registry():
-    return Registry(Celery("batch-tests", broker="memory://", set_as_current=False))
+from notifier.wire.protocol import task_message
+from tasks.broker.task_stack import running
+from tasks.dispatch.batches import batch_task_id
+from tasks.dispatch.delivery import Delivery
+from tasks.dispatch.run import DispatchRun
+from tasks.listeners.batch import run_batch
+from tests.unit import builders
+from tests.unit.builders import QUEUE, fan_out_to
 
 
-@pytest.fixture
-def dead_letters():
-    return DeadLetters(fakeredis.FakeRedis())
+@pytest.fixture(autouse=True)
+def worker(wired):
+    """The registry is wired as a worker's: its batch tasks run through the bound on
+    deliveries."""
+    return wired
 
 
 def message(number=0, resource_name="article"):
-    payload = {"resource_name": resource_name, "action": "create", "uri": f"/{resource_name}s"}
-    return json.loads(
-        json.dumps(encode(payload, [{"new": {"id": f"a{number}"}}], [0], "req-1").as_dict())
-    )
+    return builders.message(resource_name, ids=(f"a{number}",))
 
 
 def queue_dispatch(client, data):
@@ -117,8 +109,6 @@ def test_dispatch_sends_one_task_with_the_messages_it_took_for_a_batch_listener(
         queue_dispatch(client, data)
     run = DispatchRun(registry, dead_letters, QUEUE, taker)
 
-    from tasks.listeners.batch import Delivery
-
     assert run.handle(Delivery(messages[0])) == ["bulk.index"]
     run.take_more()
     run.finish()
@@ -184,7 +174,7 @@ def test_fan_out_alone_sends_a_batch_listener_its_message_as_a_batch_of_one(
     )
     data = message()
 
-    assert fan_out(data, registry, dead_letters) == ["bulk.index"]
+    assert fan_out_to(registry, data) == ["bulk.index"]
     assert sent[0]["args"] == (data,)
     assert sent[0]["task_id"] == f"{data['event_id']}:bulk.index"
 
@@ -201,11 +191,10 @@ def run_in_worker(task, messages, retries=0, redelivered=False):
         delivery_info={"routing_key": "q", "redelivered": redelivered},
         called_directly=False,
     )
-    _task_stack.push(task)
     try:
-        return task.run(messages)
+        with running(task):
+            return task.run(messages)
     finally:
-        _task_stack.pop()
         task.pop_request()
 
 

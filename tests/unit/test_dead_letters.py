@@ -4,23 +4,17 @@ The store lives in fakeredis; the tests also read the Redis keys the way an oper
 redis-cli.
 """
 
-import importlib
 import json
 
 import fakeredis
 import pytest
-from celery import Celery, signals
+from celery import signals
 
-from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetter, DeadLetters
-from tasks.listeners.registry import Registry
-
-dispatch_module = importlib.import_module("tasks.dispatch.task")
-
-
-@pytest.fixture
-def client():
-    return fakeredis.FakeRedis()
+from tasks.dispatch.delivery import Delivery
+from tasks.dispatch.run import DispatchRun
+from tasks.wiring import bind, collaborators
+from tests.unit.builders import message
 
 
 @pytest.fixture
@@ -161,23 +155,18 @@ def test_another_key_keeps_another_store(client):
 
 
 @pytest.fixture
-def registry(monkeypatch, store):
-    registry = Registry(Celery("dead-letter-tests", broker="memory://", set_as_current=False))
-    monkeypatch.setattr(dispatch_module, "registry", registry)
-    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: store)
-    return registry
+def wired_store(registry, store, order_guard):
+    """A worker of the test's registry whose dead letters are ``store``."""
+    bind(registry.app, collaborators(registry, store, order_guard))
+    return store
 
 
 def ignore(event):
     return event
 
 
-def message():
-    payload = {"resource_name": "article", "action": "create", "uri": "/articles"}
-    return encode(payload, [{"new": {"id": "a1"}}], [0], "req-1").as_dict()
-
-
-def test_a_listener_that_failed_for_good_is_kept_with_its_attempts_and_queue(registry, store):
+def test_a_listener_that_failed_for_good_is_kept_with_its_attempts_and_queue(registry, wired_store):
+    store = wired_store
     registry.listener("article", name="search.index", queue="indexing")(ignore)
     task = registry["search.index"].task
     data = message()
@@ -202,7 +191,7 @@ def test_a_listener_that_failed_for_good_is_kept_with_its_attempts_and_queue(reg
 
 
 def test_a_malformed_message_is_kept_with_the_queue_it_came_from(registry, store):
-    dispatch_module.fan_out({"version": 2}, registry, store, queue="articles")
+    DispatchRun(registry, store, "articles").handle(Delivery({"version": 2}))
 
     (letter,) = store
     assert letter.queue == "articles"

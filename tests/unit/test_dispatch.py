@@ -1,26 +1,21 @@
-"""tasks.dispatch.task: every matching listener gets each message once, as its own task.
+"""tasks.dispatch: every matching listener gets each message once, as its own task.
 
 The listener tasks' sends are recorded instead of reaching a broker; dead letters live in
 fakeredis.
 """
 
-import importlib
-import json
 import logging
 
-import fakeredis
 import pytest
 from celery import Celery, signals
 from kombu.exceptions import OperationalError
 
 from notifier.errors import ListenersNotSent
-from notifier.wire.message import decode, encode
-from tasks.dead_letters import DeadLetters
-from tasks.dispatch.task import dispatch, fan_out
-from tasks.listeners.registry import Registry
-
-# By module: the package's own ``dispatch`` attribute is the dispatch task.
-dispatch_module = importlib.import_module("tasks.dispatch.task")
+from notifier.wire.message import decode
+from tasks.dispatch.delivery import Delivery
+from tasks.dispatch.run import DispatchRun
+from tasks.dispatch.task import dispatch
+from tests.unit.builders import fan_out_to, message
 
 
 class SentTasks:
@@ -49,16 +44,6 @@ def ignore(event):
 
 
 @pytest.fixture
-def registry():
-    return Registry(Celery("dispatch-tests", broker="memory://", set_as_current=False))
-
-
-@pytest.fixture
-def dead_letters():
-    return DeadLetters(fakeredis.FakeRedis())
-
-
-@pytest.fixture
 def sent(monkeypatch, registry):
     """Register the test's listeners first, then ask for this to watch their sends."""
     recorder = SentTasks()
@@ -70,12 +55,13 @@ def sent(monkeypatch, registry):
     return watch
 
 
-def message(resource_name="article", action="create", records=1):
-    payload = {"resource_name": resource_name, "action": action, "uri": f"/{resource_name}s"}
-    impacted = [{"new": {"id": f"{resource_name}-{n}"}} for n in range(records)]
-    return json.loads(
-        json.dumps(encode(payload, impacted, list(range(records)), "req-1").as_dict())
-    )
+def records(count):
+    return [f"article-{number}" for number in range(count)]
+
+
+def handle(registry, dead_letters, data):
+    """What a dispatch run does with ``data``, of no queue."""
+    return DispatchRun(registry, dead_letters, None).handle(Delivery(data))
 
 
 def test_each_matching_listener_gets_the_message_once(registry, dead_letters, sent):
@@ -85,7 +71,7 @@ def test_each_matching_listener_gets_the_message_once(registry, dead_letters, se
     recorder = sent()
     data = message("article", "create")
 
-    names = fan_out(data, registry, dead_letters)
+    names = fan_out_to(registry, data)
 
     assert names == ["search.index", "audit.log", "mail.new_article"]
     assert sorted(recorder.tasks) == sorted(names)
@@ -99,7 +85,7 @@ def test_listeners_of_other_resources_get_nothing(registry, dead_letters, sent):
     registry.listener("article", name="search.index")(ignore)
     recorder = sent()
 
-    fan_out(message("article", "update"), registry, dead_letters)
+    fan_out_to(registry, message("article", "update"))
 
     assert recorder.tasks == ["search.index"]
 
@@ -109,8 +95,8 @@ def test_listeners_of_other_actions_get_nothing(registry, dead_letters, sent):
     registry.listener("article", actions=("create", "update"), name="search.index")(ignore)
     recorder = sent()
 
-    fan_out(message("article", "delete"), registry, dead_letters)
-    fan_out(message("article", "update"), registry, dead_letters)
+    fan_out_to(registry, message("article", "delete"))
+    fan_out_to(registry, message("article", "update"))
 
     assert recorder.tasks == ["archive.deleted", "search.index"]
 
@@ -120,7 +106,7 @@ def test_read_events_reach_only_listeners_that_asked_for_read(registry, dead_let
     registry.listener("*", actions=("read",), name="audit.reads")(ignore)
     recorder = sent()
 
-    fan_out(message("article", "read"), registry, dead_letters)
+    fan_out_to(registry, message("article", "read"))
 
     assert recorder.tasks == ["audit.reads"]
 
@@ -129,7 +115,7 @@ def test_a_message_nobody_listens_to_is_sent_nowhere(registry, dead_letters, sen
     registry.listener("comment", name="comments.moderate")(ignore)
     recorder = sent()
 
-    assert fan_out(message("article", "create"), registry, dead_letters) == []
+    assert fan_out_to(registry, message("article", "create")) == []
     assert recorder.sent == []
     assert len(dead_letters) == 0
 
@@ -147,7 +133,7 @@ def test_a_listener_that_cannot_be_sent_to_does_not_keep_the_others_from_their_m
     monkeypatch.setattr(registry["search.index"].task, "apply_async", broker_timeout)
 
     with pytest.raises(ListenersNotSent) as raised:
-        fan_out(message(), registry, dead_letters)
+        fan_out_to(registry, message())
 
     assert recorder.tasks == ["mail.new_article"]
     assert raised.value.listeners == ["search.index"]
@@ -158,7 +144,7 @@ def test_a_second_attempt_sends_only_to_the_listeners_named(registry, dead_lette
     registry.listener("article", name="mail.new_article")(ignore)
     recorder = sent()
 
-    assert fan_out(message(), registry, dead_letters, only=["search.index"]) == ["search.index"]
+    assert fan_out_to(registry, message(), only=["search.index"]) == ["search.index"]
     assert recorder.tasks == ["search.index"]
 
 
@@ -167,7 +153,7 @@ def test_a_listener_task_id_is_the_event_id_and_the_listener_name(registry, dead
     recorder = sent()
     data = message()
 
-    fan_out(data, registry, dead_letters)
+    fan_out_to(registry, data)
 
     (sending,) = recorder.sent
     assert sending["task_id"] == f"{data['event_id']}:search.index"
@@ -176,10 +162,10 @@ def test_a_listener_task_id_is_the_event_id_and_the_listener_name(registry, dead
 def test_the_parts_of_one_event_get_listener_tasks_of_their_own(registry, dead_letters, sent):
     registry.listener("article", name="search.index")(ignore)
     recorder = sent()
-    data = message(records=2)
+    data = message(ids=records(2))
 
     for part in (0, 1):
-        fan_out({**data, "part": part, "parts": 2}, registry, dead_letters)
+        fan_out_to(registry, {**data, "part": part, "parts": 2})
 
     assert [sending["task_id"] for sending in recorder.sent] == [
         f"{data['event_id']}.0:search.index",
@@ -190,10 +176,10 @@ def test_the_parts_of_one_event_get_listener_tasks_of_their_own(registry, dead_l
 def test_listeners_get_the_message_in_the_current_layout(registry, dead_letters, sent):
     registry.listener("article", name="search.index")(ignore)
     recorder = sent()
-    data = message(records=2)
+    data = message(ids=records(2))
     data["impacted_objects"] = data.pop("impacted_records")
 
-    fan_out(data, registry, dead_letters)
+    fan_out_to(registry, data)
 
     ((sent_data,),) = [sending["args"] for sending in recorder.sent]
     assert sent_data["impacted_records"] == data["impacted_objects"]
@@ -216,7 +202,7 @@ def test_a_malformed_message_ends_in_the_dead_letters_with_the_reason(
     registry.listener("*", actions=("create", "update", "delete", "read"), name="all.all")(ignore)
     recorder = sent()
 
-    assert fan_out(data, registry, dead_letters) == []
+    assert handle(registry, dead_letters, data) == []
 
     assert recorder.sent == []
     (letter,) = dead_letters
@@ -227,7 +213,7 @@ def test_a_malformed_message_ends_in_the_dead_letters_with_the_reason(
 
 def test_a_malformed_message_is_logged_with_its_dead_letter(registry, dead_letters, caplog):
     with caplog.at_level(logging.ERROR, logger="notifier"):
-        fan_out({"version": 1}, registry, dead_letters)
+        handle(registry, dead_letters, {"version": 1})
 
     (letter,) = dead_letters
     assert letter.id in caplog.text
@@ -235,7 +221,7 @@ def test_a_malformed_message_is_logged_with_its_dead_letter(registry, dead_lette
 
 
 def test_a_message_that_is_not_json_is_kept_as_its_repr(registry, dead_letters):
-    fan_out(b"\x80\x04pickle", registry, dead_letters)
+    handle(registry, dead_letters, b"\x80\x04pickle")
 
     (letter,) = dead_letters
     assert letter.reason == "a message is a JSON object, not bytes"
@@ -251,25 +237,17 @@ def test_dead_letters_are_kept_newest_last(dead_letters):
     assert list(dead_letters)[1] == second
 
 
-def test_the_dispatch_task_fans_out_with_the_workers_registry(
-    monkeypatch, registry, dead_letters, sent
-):
+def test_the_dispatch_task_fans_out_with_the_workers_registry(registry, worker_wired, sent):
     registry.listener("article", name="search.index")(ignore)
     recorder = sent()
-    monkeypatch.setattr(dispatch_module, "registry", registry)
-    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: dead_letters)
 
     assert dispatch.name == "notifier.dispatch"
     assert dispatch.run(message()) == ["search.index"]
     assert recorder.tasks == ["search.index"]
 
 
-def test_a_listener_that_failed_for_good_ends_in_the_dead_letters(
-    monkeypatch, registry, dead_letters
-):
+def test_a_listener_that_failed_for_good_ends_in_the_dead_letters(registry, dead_letters, wired):
     registry.listener("article", name="search.index")(ignore)
-    monkeypatch.setattr(dispatch_module, "registry", registry)
-    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: dead_letters)
     data = message()
 
     signals.task_failure.send(
@@ -289,11 +267,7 @@ def test_a_listener_that_failed_for_good_ends_in_the_dead_letters(
     assert letter.traceback == "Traceback (most recent call last): ..."
 
 
-def test_a_task_that_is_no_listener_is_not_dead_lettered_as_one(
-    monkeypatch, registry, dead_letters
-):
-    monkeypatch.setattr(dispatch_module, "registry", registry)
-    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: dead_letters)
+def test_a_task_that_is_no_listener_is_not_dead_lettered_as_one(dead_letters, wired):
     other = Celery("other", broker="memory://").task(shared=False, name="other.task")(ignore)
 
     signals.task_failure.send(
@@ -304,10 +278,8 @@ def test_a_task_that_is_no_listener_is_not_dead_lettered_as_one(
 
 
 def test_a_dispatch_that_failed_on_its_arguments_keeps_them_as_a_dead_letter(
-    monkeypatch, registry, dead_letters
+    dead_letters, worker_wired
 ):
-    monkeypatch.setattr(dispatch_module, "registry", registry)
-    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: dead_letters)
 
     signals.task_failure.send(
         sender=dispatch,
@@ -324,11 +296,7 @@ def test_a_dispatch_that_failed_on_its_arguments_keeps_them_as_a_dead_letter(
     assert letter.message == {"args": [], "kwargs": {"colour": "blue"}}
 
 
-def test_a_listener_dispatch_could_not_reach_ends_in_the_dead_letters(
-    monkeypatch, registry, dead_letters
-):
-    monkeypatch.setattr(dispatch_module, "registry", registry)
-    monkeypatch.setattr(dispatch_module, "dead_letters", lambda: dead_letters)
+def test_a_listener_dispatch_could_not_reach_ends_in_the_dead_letters(dead_letters, worker_wired):
     data = message()
 
     signals.task_failure.send(

@@ -1,27 +1,19 @@
 """tasks.dispatch.inline: the first attempt of a message's lone listener, run in dispatch, ends as
-that listener's own task would: Celery's Ignore and Reject are no failures."""
+that listener's own task would: Celery's Ignore and Reject are no failures.
 
-import json
+The registry is wired as a worker's (tests/unit/conftest.py): its run wrappers count the run."""
 
-import fakeredis
 import pytest
-from celery import Celery
 from celery.exceptions import Ignore, Reject
 
-from notifier.wire.message import encode
-from tasks.dead_letters import DeadLetters
-from tasks.dispatch.inline import run_alone
-from tasks.listeners.registry import Registry
+from notifier.wire.message import decode
+from tasks.dispatch import inline
+from tests.unit.builders import message
 
 
-@pytest.fixture
-def registry():
-    return Registry(Celery("inline-tests", broker="memory://", set_as_current=False))
-
-
-@pytest.fixture
-def dead_letters():
-    return DeadLetters(fakeredis.FakeRedis())
+@pytest.fixture(autouse=True)
+def worker(wired):
+    return wired
 
 
 def alone(registry, function, **options):
@@ -31,9 +23,10 @@ def alone(registry, function, **options):
     return registry["search.index"]
 
 
-def message():
-    payload = {"resource_name": "article", "action": "create", "uri": "/articles"}
-    return json.loads(json.dumps(encode(payload, [{"new": {"id": "a1"}}], [0], "r").as_dict()))
+def run_alone(data, registry, dead_letters):
+    """Run ``data``'s listener in dispatch, as a dispatch run does: decoded once."""
+    decoded = decode(data)
+    return inline.run_alone(decoded, data, registry.matching(decoded), dead_letters)
 
 
 def sent_by(monkeypatch, listener):
@@ -50,7 +43,7 @@ def test_a_listener_that_raises_ignore_in_dispatch_is_ignored_not_dead_lettered(
 
     sent = sent_by(monkeypatch, alone(registry, skip_drafts))
 
-    assert run_alone(message(), registry, dead_letters, None) == ["search.index"]
+    assert run_alone(message(), registry, dead_letters) == ["search.index"]
     assert list(dead_letters) == []
     assert sent == []
 
@@ -64,7 +57,7 @@ def test_a_listener_that_rejects_its_message_in_dispatch_drops_it_without_a_dead
     # Not retried: with the default autoretry_for=(Exception,), Celery retries a Reject too.
     sent = sent_by(monkeypatch, alone(registry, reject, autoretry_for=(ValueError,)))
 
-    assert run_alone(message(), registry, dead_letters, None) == ["search.index"]
+    assert run_alone(message(), registry, dead_letters) == ["search.index"]
     assert list(dead_letters) == []
     assert sent == []
 
@@ -78,9 +71,23 @@ def test_a_listener_that_requeues_its_message_in_dispatch_has_it_sent_to_its_tas
     sent = sent_by(monkeypatch, alone(registry, requeue, autoretry_for=(ValueError,)))
     data = message()
 
-    run_alone(data, registry, dead_letters, None)
+    run_alone(data, registry, dead_letters)
 
     [options] = sent
     assert options["task_id"] == f"{data['event_id']}:search.index"
     assert (options["args"], options["retries"]) == ((data,), 0)
     assert list(dead_letters) == []
+
+
+def test_on_a_celery_whose_internals_were_not_checked_each_listener_runs_as_its_own_task(
+    monkeypatch, registry, dead_letters
+):
+    ran = []
+    alone(registry, ran.append)
+    monkeypatch.setattr(
+        "tasks.broker.versions.installed_versions",
+        lambda: {"celery": "5.99.0", "kombu": "5.99.0"},
+    )
+
+    assert run_alone(message(), registry, dead_letters) is None
+    assert ran == []

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import fakeredis
 import pytest
-from celery import Celery, signals
+from celery import signals
 
 import tasks.listeners.registry
 from notifier.errors import ListenerError
@@ -18,6 +18,7 @@ from notifier.errors import ObjectsBusy as Busy
 from notifier.wire.message import decode, encode
 from tasks.listeners.event import Event
 from tasks.listeners.ordered import OrderGuard
+from tasks.listeners.ordered_runs import OrderedRuns
 from tasks.listeners.registry import Registry
 
 
@@ -47,11 +48,6 @@ class RunningTask:
 
 
 @pytest.fixture
-def app():
-    return Celery("ordered-tests", broker="memory://", set_as_current=False)
-
-
-@pytest.fixture
 def guard():
     return RecordingGuard(fakeredis.FakeRedis())
 
@@ -63,7 +59,7 @@ def deferred():
 
 @pytest.fixture
 def registry(app, guard, deferred):
-    return Registry(app, order_guard=lambda: guard, on_defer=deferred.append)
+    return Registry(app, wrappers=[OrderedRuns(guard, on_defer=deferred.append)])
 
 
 @pytest.fixture

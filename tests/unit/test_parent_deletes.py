@@ -7,24 +7,17 @@ to drop (``Event.deleted_parents``), and the search index drops what is under th
 
 import fakeredis
 import pytest
-from celery import Celery, signals
+from celery import signals
 
 from notifier.errors import ListenerError
 from notifier.wire.message import encode
 from tasks.builtin.search import SearchIndex
-from tasks.dead_letters import DeadLetters
-from tasks.dispatch.task import fan_out
 from tasks.listeners.event import Event, scopes_above
 from tasks.listeners.ordered import OrderGuard
-from tasks.listeners.registry import Registry
+from tests.unit.builders import fan_out_to
 from tests.unit.conftest import kinto_events
 
 KINTO_PARENTS = frozenset({"bucket", "collection"})
-
-
-@pytest.fixture
-def registry():
-    return Registry(Celery("parent-deletes", broker="memory://", set_as_current=False))
 
 
 @pytest.fixture
@@ -167,7 +160,7 @@ def test_dispatch_sends_a_parent_delete_to_the_listeners_that_have_that_parent(r
 
     signals.before_task_publish.connect(record_sent)
     try:
-        fan_out(collection_delete("c1", 50).as_dict(), registry, DeadLetters(fakeredis.FakeRedis()))
+        fan_out_to(registry, collection_delete("c1", 50).as_dict())
     finally:
         signals.before_task_publish.disconnect(record_sent)
 

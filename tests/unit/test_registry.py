@@ -5,21 +5,14 @@ Each test has a Celery app and a Registry of its own (the conftest keeps the tas
 creates out of the Celery apps of the tests after it).
 """
 
-import fakeredis
 import pytest
 from celery import Celery, signals
 
 from notifier.errors import ListenerError, MalformedMessage
 from notifier.wire.message import encode
-from tasks.dead_letters import DeadLetters
-from tasks.dispatch.task import fan_out
 from tasks.listeners.event import Event
 from tasks.listeners.registry import DEFAULT_ACTIONS, Registry
-
-
-@pytest.fixture
-def app():
-    return Celery("t", broker="memory://", set_as_current=False)
+from tests.unit.builders import fan_out_to
 
 
 @pytest.fixture
@@ -185,7 +178,7 @@ def test_dispatch_sends_a_listener_task_to_its_own_queue(registry):
 
     signals.before_task_publish.connect(record)
     try:
-        fan_out(message_dict(), registry, DeadLetters(fakeredis.FakeRedis()))
+        fan_out_to(registry, message_dict())
     finally:
         signals.before_task_publish.disconnect(record)
 

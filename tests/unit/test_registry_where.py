@@ -5,20 +5,11 @@ Kinto users ask for per-bucket hooks: ``where={"bucket_id": "blog"}``. Each test
 app and a Registry of its own.
 """
 
-import fakeredis
 import pytest
-from celery import Celery
 
 from notifier.errors import ListenerError
 from notifier.wire.message import encode
-from tasks.dead_letters import DeadLetters
-from tasks.dispatch.task import fan_out
-from tasks.listeners.registry import Registry
-
-
-@pytest.fixture
-def registry():
-    return Registry(Celery("where-tests", broker="memory://", set_as_current=False))
+from tests.unit.builders import fan_out_to
 
 
 def ignore(event):
@@ -140,9 +131,7 @@ def test_dispatch_sends_a_message_only_to_the_listeners_whose_where_matches(regi
             lambda name=listener.name, **options: sent.append(name),
         )
 
-    names = fan_out(
-        record_message(bucket_id="b2").as_dict(), registry, DeadLetters(fakeredis.FakeRedis())
-    )
+    names = fan_out_to(registry, record_message(bucket_id="b2").as_dict())
 
     assert names == sent == ["b2_hook"]
 

@@ -1,0 +1,83 @@
+"""Fan-out: one Celery task per listener that wants a message, each on the listener's queue.
+
+Each listener runs as its own task, so that one that fails neither blocks nor re-runs the
+others. With the taker of the broker (:mod:`tasks.broker.taking`), the tasks it may write go in
+one round trip; the others through Celery. The broker refusing the message for some listeners
+does not keep it from the others: :class:`~notifier.errors.ListenersNotSent` names the ones it
+did not reach, for dispatch to try again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import redis
+from kombu.exceptions import KombuError
+
+from notifier.errors import ListenersNotSent
+from notifier.wire.message import Message
+from tasks.broker.taking import Taker
+from tasks.dispatch.delivery import listener_task_id
+from tasks.listeners.registry import Listener
+
+__all__ = ["SEND_ERRORS", "fan_out"]
+
+logger = logging.getLogger("notifier")
+
+#: What the broker raises when it does not take a task.
+SEND_ERRORS = (KombuError, redis.RedisError, OSError)
+
+
+def fan_out(
+    message: Message, listeners: Sequence[Listener], taker: Taker | None = None
+) -> list[str]:
+    """Send ``message`` to each of ``listeners`` (those that want it), as its own task, and
+    return their names. Raises :class:`ListenersNotSent` naming those the broker did not take,
+    once the others have it."""
+    sent: list[str] = []
+    not_sent: list[str] = []
+    written = [
+        listener for listener in listeners if taker is not None and taker.writes_for(listener.task)
+    ]
+    if written and taker is not None:
+        try:
+            taker.send(
+                (
+                    listener.task.name,
+                    listener_task_id(message.task_id, listener.name),
+                    message.as_dict(),
+                    listener.queue,
+                )
+                for listener in written
+            )
+        except (redis.RedisError, OSError):
+            logger.exception("event %s not sent to listeners %s", message.event_id, written)
+            not_sent.extend(listener.name for listener in written)
+        else:
+            sent.extend(listener.name for listener in written)
+    for listener in listeners:
+        if listener in written:
+            continue
+        try:
+            listener.task.apply_async(
+                args=(message.as_dict(),),
+                task_id=listener_task_id(message.task_id, listener.name),
+                queue=listener.queue,
+            )
+        except SEND_ERRORS:
+            logger.exception("event %s not sent to listener %s", message.event_id, listener.name)
+            not_sent.append(listener.name)
+        else:
+            sent.append(listener.name)
+    logger.info(
+        "event %s (%s %s) sent to %d listeners: %s",
+        message.event_id,
+        message.action,
+        message.resource_name,
+        len(sent),
+        ", ".join(sent) or "none",
+    )
+    if not_sent:
+        raise ListenersNotSent(not_sent)
+    return sent

@@ -1,0 +1,260 @@
+"""One run of the dispatch task: its own message, and the dispatch messages it takes after it.
+
+Each message is handled as the dispatch task handles one: decoded once (a malformed one is
+dead-lettered with the reason); its first attempt run here when one listener alone wants it
+(:mod:`tasks.dispatch.inline`), else one task per listener (:mod:`tasks.dispatch.fan_out`); the
+events of batch listeners collected into one task per listener (:mod:`tasks.dispatch.batches`);
+and handed to the listeners that other live workers know and this one lacks
+(:mod:`tasks.dispatch.coverage`). A taken message is acknowledged once every listener it has was
+sent (or run) and its batches were sent; one that some listener could not be sent is sent again
+to dispatch, for those listeners only, as the dispatch task retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Task
+
+from notifier.errors import ListenersNotSent, MalformedMessage
+from notifier.wire.message import DISPATCH_TASK, decode
+from notifier.wire.routing import DEFAULT_QUEUE
+from tasks.broker.taking import Taken, Taker
+from tasks.dead_letters import DeadLetters
+from tasks.dispatch.batches import Batches
+from tasks.dispatch.coverage import Coverage
+from tasks.dispatch.delivery import Delivery
+from tasks.dispatch.failures import dead_letter_unreadable
+from tasks.dispatch.fan_out import SEND_ERRORS, fan_out
+from tasks.dispatch.inline import run_alone
+from tasks.dispatch.retries import DISPATCH_RETRIES, dispatch_countdown
+from tasks.listeners.registry import Listener, Registry
+
+__all__ = ["TAKE_AT_MOST", "TAKE_BYTES", "TAKE_FOR", "DispatchRun"]
+
+logger = logging.getLogger("notifier")
+
+#: How many messages one dispatch task takes after its own, at most (more when a batch listener
+#: asks for larger batches), and for how long: a tenth of the visibility timeout, after which
+#: the messages taken and not handled yet go back to their queue.
+TAKE_AT_MOST = 100
+TAKE_FOR = 0.1  # of the visibility timeout
+#: How many bytes of messages one round of taking holds at most (and the first one whatever its
+#: size). With at most BATCH_BYTES in each batch listener's batch (tasks/dispatch/batches.py),
+#: this bounds the messages one run holds, whatever the size of the event whose parts it takes.
+TAKE_BYTES = 1 << 20
+
+
+class DispatchRun:
+    """One run of the dispatch task over messages of ``queue`` (see the module's doc).
+
+    ``registry``'s listeners get the messages; ``dead_letters`` take what cannot be handled;
+    ``taker`` (the broker's, or None) takes more messages and writes listener tasks in one round
+    trip; ``coverage`` (the worker's; None: none) hands messages to the listeners of other
+    workers; ``dispatch`` (the dispatch task; default: the one of ``registry``'s app) is sent
+    again for the listeners a taken message missed; ``clock`` times the taking. The dispatch task
+    gives the collaborators :func:`tasks.wiring.wire` built.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        dead_letters: DeadLetters,
+        queue: str | None,
+        taker: Taker | None = None,
+        *,
+        coverage: Coverage | None = None,
+        dispatch: Task[Any, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.dead_letters = dead_letters
+        self.queue = queue
+        self.taker = taker
+        self.coverage = coverage
+        self.dispatch = dispatch
+        self.batches = Batches(self._send_batch, SEND_ERRORS)
+        self.clock = clock
+        self.taken: list[Delivery] = []  # taken, not acknowledged yet
+        self.started = clock()
+
+    def handle(self, delivery: Delivery) -> list[str]:
+        """Send (or run) ``delivery``'s message to every listener that wants it; return their
+        names. The listeners the broker did not take are added to ``delivery.not_sent``."""
+        data, only = delivery.message, delivery.only
+        try:
+            message = decode(data)
+        except MalformedMessage as exc:
+            letter = self.dead_letters.add(exc.reason, data, queue=self.queue)
+            logger.error("malformed message kept as dead letter %s: %s", letter.id, exc.reason)
+            return []
+        wanted = self.registry.matching(message, only)
+        # Listeners that other live workers know and this one lacks get it too; a retry for
+        # some of this worker's listeners did that already.
+        elsewhere = []
+        if only is None and self.coverage is not None:
+            elsewhere = self.coverage.cover(message, data, wanted, self.queue)
+        listeners: list[Listener] = []
+        in_batches = []
+        for listener in wanted:
+            if listener.batch is None:
+                listeners.append(listener)
+            else:
+                self.batches.add(listener, delivery, data, message.task_id)
+                in_batches.append(listener.name)
+        if not listeners:
+            return in_batches + elsewhere
+        try:
+            again = bool(delivery.retries or delivery.redelivered)
+            ran = run_alone(message, data, listeners, self.dead_letters, only=only, again=again)
+            if ran is None:
+                ran = fan_out(message, listeners, self.taker)
+        except ListenersNotSent as exc:
+            delivery.not_sent.extend(exc.listeners)
+            ran = [listener.name for listener in listeners if listener.name not in exc.listeners]
+        return ran + in_batches + elsewhere
+
+    def take_more(self) -> None:
+        """Take the next dispatch messages of the queue and handle each, within the bounds.
+
+        Never raises: taking more is for speed, and whatever goes wrong in it leaves the run's
+        own message and what it handled to :meth:`finish`. A taken message whose handling
+        raised is left to the broker's sweep; those of its round not handled yet are given
+        back."""
+        taker = self.taker
+        if taker is None or self.queue is None:
+            return
+        try:
+            self._take_more(taker, self.queue)
+        except (redis.RedisError, OSError):
+            logger.warning("could not take more messages from %s", self.queue, exc_info=True)
+        except Exception:
+            # The one broad except here: the boundary that must not fail the dispatch task.
+            logger.exception("taking more messages from %s stopped", self.queue)
+
+    def _take_more(self, taker: Taker, queue: str) -> None:
+        largest_batch = max((listener.batch or 0 for listener in self.registry), default=0)
+        limit = max(TAKE_AT_MOST, largest_batch) - 1  # its own message is one
+        deadline = self.started + taker.visibility_timeout * TAKE_FOR
+        count = 0
+        while count < limit and self.clock() < deadline:
+            taken = taker.take(queue, limit - count, TAKE_BYTES)
+            if not taken:
+                return
+            count += len(taken)
+            readable = [item for item in taken if item.problem is None]
+            unreadable = [item for item in taken if item.problem is not None]
+            # First, so that nothing kombu's sweep cannot read stays unacknowledged for long.
+            if not dead_letter_unreadable(taker, self.dead_letters, self.queue, unreadable):
+                self._give_back(unreadable)  # those dead-lettered twice, at worst
+                self._give_back(readable)
+                return
+            for index, item in enumerate(readable):
+                if self.clock() >= deadline:
+                    self._give_back(readable[index:])
+                    return
+                delivery = Delivery(
+                    item.message,
+                    item.only,
+                    retries=item.retries,
+                    redelivered=item.redelivered,
+                    task_id=item.task_id,
+                    tag=item.tag,
+                    size=item.size,
+                )
+                self.taken.append(delivery)
+                try:
+                    self.handle(delivery)
+                except BaseException:
+                    # Left unacknowledged, for the sweep; the rest of the round given back.
+                    self.taken.remove(delivery)
+                    taker.release([item.tag])
+                    self._give_back(readable[index + 1 :])
+                    raise
+            self._settle()
+
+    def finish(self) -> None:
+        """Send the batches not full yet, and acknowledge what is handled."""
+        self.batches.send_all()
+        self._settle()
+
+    def give_up(self) -> None:
+        """Stop holding the taken messages left (an error cut the run short): the broker's
+        sweep hands them out again after the visibility timeout."""
+        if self.taker is not None and self.taken:
+            self.taker.release(delivery.tag for delivery in self.taken if delivery.tag)
+            logger.warning(
+                "%d messages taken from %s left to be handed out again", len(self.taken), self.queue
+            )
+            self.taken = []
+
+    def _settle(self) -> None:
+        # Acknowledge each taken message fully handled; send again those with listeners missed.
+        assert self.taker is not None or not self.taken
+        done, left = [], []
+        for delivery in self.taken:
+            if delivery.pending:
+                left.append(delivery)
+            elif not delivery.not_sent or self._send_again(delivery):
+                done.append(delivery)
+            elif self.taker is not None and delivery.tag:
+                # Neither sent nor sent again: left in the broker's hands, handed out again
+                # after the visibility timeout, whole.
+                self.taker.release([delivery.tag])
+        self.taken = left
+        if done and self.taker is not None:
+            try:
+                self.taker.ack(delivery.tag for delivery in done if delivery.tag)
+            except (redis.RedisError, OSError):
+                # Handled, yet handed out again after the visibility timeout: at least once.
+                logger.warning("could not acknowledge %d messages taken", len(done), exc_info=True)
+                self.taker.release(delivery.tag for delivery in done if delivery.tag)
+
+    def _send_again(self, delivery: Delivery) -> bool:
+        # What the dispatch task's retry does for a message it took: ``only`` the listeners
+        # missed, with its backoff; after the last retry, they go to the dead letters.
+        listeners = delivery.not_sent
+        if delivery.retries >= DISPATCH_RETRIES:
+            for name in listeners:
+                self.dead_letters.add(
+                    f"ListenersNotSent: {ListenersNotSent(listeners)}",
+                    delivery.message,
+                    listener=name,
+                    attempts=delivery.retries + 1,
+                    queue=self.queue,
+                )
+            logger.error("event %s not sent to %s for good", delivery.task_id, listeners)
+            return True
+        dispatch = self.dispatch or self.registry.app.tasks[DISPATCH_TASK]
+        try:
+            dispatch.apply_async(
+                args=(delivery.message,),
+                kwargs={"only": listeners},
+                task_id=delivery.task_id,
+                queue=self.queue or DEFAULT_QUEUE,
+                countdown=dispatch_countdown(delivery.retries),
+                retries=delivery.retries + 1,  # type: ignore[call-arg]  # a message option
+            )
+        except SEND_ERRORS:
+            logger.exception("event %s: dispatch could not be sent again", delivery.task_id)
+            return False
+        return True
+
+    def _give_back(self, items: list[Taken]) -> None:
+        assert self.taker is not None
+        try:
+            self.taker.give_back(self.queue or "", items)
+        except (redis.RedisError, OSError):
+            # Still unacknowledged: handed out again after the visibility timeout.
+            self.taker.release(item.tag for item in items)
+            logger.warning("could not give back %d messages taken", len(items), exc_info=True)
+
+    def _send_batch(self, listener: Listener, messages: Any, task_id: str) -> None:
+        if self.taker is not None and self.taker.writes_for(listener.task):
+            self.taker.send([(listener.task.name, task_id, messages, listener.queue)])
+        else:
+            listener.task.apply_async(args=(messages,), task_id=task_id, queue=listener.queue)
