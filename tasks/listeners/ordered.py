@@ -38,12 +38,13 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from importlib import resources
 from typing import Any
 
 import redis
 
 from notifier.errors import ObjectsBusy
-from notifier.events import parent_of
+from notifier.wire.payload import parent_of
 from tasks.listeners.event import Event, canonical, change_id, change_version, scopes_above
 
 __all__ = ["Claim", "OrderGuard", "version_of"]
@@ -53,120 +54,17 @@ logger = logging.getLogger("notifier")
 #: How long a version is remembered after the object's last change (30 days).
 RETENTION = 30 * 24 * 3600
 
-# Every script takes ARGV: the run's token, the lease (ms), the retention (s), then the claim
-# as JSON: {"objects": [{"key", "versions": [...], "ancestors": [scope keys]}],
-# "drops": [{"key", "versions": [...]}]}, one entry per key. Versions are strings that sort
-# like the versions they are. Release reads "version" (the newest applied) instead.
-_PREAMBLE = """
-local token, lease, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local claim = cjson.decode(ARGV[4])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-"""
 
-_CLAIM = (
-    _PREAMBLE
-    + """
-local function held(key, field, until_field)
-  local values = redis.call('HMGET', key, field, until_field)
-  return values[1] and values[1] ~= token and tonumber(values[2]) > now
-end
-local function read(key)
-  local entries = redis.call('HGETALL', key .. ':readers')
-  for i = 1, #entries, 2 do
-    if entries[i] ~= token and tonumber(entries[i + 1]) > now then return true end
-  end
-  return false
-end
-for _, object in ipairs(claim.objects) do
-  if held(object.key, 'lock', 'until') then return {0} end
-  for _, scope in ipairs(object.ancestors) do
-    if held(scope, 'lock', 'until') or held(scope, 'wait', 'wait_until') then return {0} end
-  end
-end
-for _, drop in ipairs(claim.drops) do
-  if held(drop.key, 'lock', 'until') then return {0} end
-  if read(drop.key) then
-    -- Changes under this parent are running: new ones wait behind this delete.
-    redis.call('HSET', drop.key, 'wait', token, 'wait_until', now + math.max(lease, 10000))
-    redis.call('EXPIRE', drop.key, retention)
-    return {0}
-  end
-end
-local expires = now + lease
-local fresh = {1}
-local function flag(versions, floor)
-  for _, version in ipairs(versions) do
-    table.insert(fresh, version > floor and 1 or 0)
-  end
-end
-for _, object in ipairs(claim.objects) do
-  redis.call('HSET', object.key, 'lock', token, 'until', expires)
-  redis.call('EXPIRE', object.key, retention)
-  local floor = redis.call('HGET', object.key, 'v') or ''
-  for _, scope in ipairs(object.ancestors) do
-    redis.call('HSET', scope .. ':readers', token, expires)
-    redis.call('PEXPIRE', scope .. ':readers', lease)
-    local dropped = redis.call('HGET', scope, 'v')
-    if dropped and dropped > floor then floor = dropped end
-  end
-  flag(object.versions, floor)
-end
-for _, drop in ipairs(claim.drops) do
-  redis.call('HSET', drop.key, 'lock', token, 'until', expires)
-  -- Whichever run of a delete of this parent set it, the wait is over (another one still
-  -- waiting sets it again).
-  redis.call('HDEL', drop.key, 'wait', 'wait_until')
-  redis.call('EXPIRE', drop.key, retention)
-  flag(drop.versions, redis.call('HGET', drop.key, 'v') or '')
-end
-return fresh
-"""
-)
+# The guard's Lua scripts, beside this module: each is ordered_preamble.lua (its ARGV) then
+# its own.
+def _script(name: str) -> str:
+    here = resources.files(__package__ or "tasks.listeners")
+    return (here / "ordered_preamble.lua").read_text() + (here / name).read_text()
 
-# Records the newest version the run applied, where it still holds the key, and lets go.
-_RELEASE = (
-    _PREAMBLE
-    + """
-local function release(key, version)
-  if redis.call('HGET', key, 'lock') ~= token then return end
-  if version then
-    local current = redis.call('HGET', key, 'v')
-    if not current or version > current then redis.call('HSET', key, 'v', version) end
-  end
-  redis.call('HDEL', key, 'lock', 'until')
-  redis.call('EXPIRE', key, retention)
-end
-for _, object in ipairs(claim.objects) do
-  release(object.key, object.version)
-  for _, scope in ipairs(object.ancestors) do redis.call('HDEL', scope .. ':readers', token) end
-end
-for _, drop in ipairs(claim.drops) do release(drop.key, drop.version) end
-return 1
-"""
-)
 
-# Extends the lease of what the run still holds.
-_RENEW = (
-    _PREAMBLE
-    + """
-local expires = now + lease
-local function renew(key)
-  if redis.call('HGET', key, 'lock') == token then redis.call('HSET', key, 'until', expires) end
-end
-for _, object in ipairs(claim.objects) do
-  renew(object.key)
-  for _, scope in ipairs(object.ancestors) do
-    if redis.call('HEXISTS', scope .. ':readers', token) == 1 then
-      redis.call('HSET', scope .. ':readers', token, expires)
-      redis.call('PEXPIRE', scope .. ':readers', lease)
-    end
-  end
-end
-for _, drop in ipairs(claim.drops) do renew(drop.key) end
-return 1
-"""
-)
+_CLAIM = _script("ordered_claim.lua")
+_RELEASE = _script("ordered_release.lua")
+_RENEW = _script("ordered_renew.lua")
 
 
 def version_of(last_modified: Any, position: int) -> str:
