@@ -31,11 +31,10 @@ from typing import Any
 import redis
 from celery import bootsteps
 
-from notifier.errors import ConfigurationError
 from notifier.wire.message import Message
 from tasks.app import registry as worker_registry
-from tasks.app import routing
 from tasks.listeners.registry import Listener, Registry, wants
+from tasks.settings import configured, dispatch_only
 
 __all__ = [
     "FLEET_KEY",
@@ -45,7 +44,6 @@ __all__ = [
     "Fleet",
     "ListenerSpec",
     "WorkerRecord",
-    "dispatch_only",
     "record_of",
     "report",
 ]
@@ -55,19 +53,6 @@ logger = logging.getLogger("notifier")
 FLEET_KEY = "notifier:fleet"
 #: Seconds after which a worker that did not write its record again is taken for dead.
 FLEET_TTL = 30.0
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "")
-
-
-def dispatch_only(conf: Mapping[str, Any]) -> bool:
-    """``NOTIFIER_DISPATCH_ONLY`` (the ``notifier_dispatch_only`` setting): whether this worker
-    is meant to know no listener and only dispatch."""
-    value = conf.get("notifier_dispatch_only") or "false"
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigurationError("NOTIFIER_DISPATCH_ONLY", value, "true or false")
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +319,7 @@ class AnnounceListeners(bootsteps.StartStopStep):
             consumer.hostname,
             consumed,
             worker_registry,
-            routing.queues,
+            configured(consumer.app).routing.queues,
             only_dispatches=dispatch_only(conf),
         )
         # Started again after a lost broker connection: the same fleet, the queues of now.

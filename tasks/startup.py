@@ -24,11 +24,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from notifier.errors import ConfigurationError
-from notifier.publisher import direct_redis_url
 from notifier.wire.persistence import check_persistence, safe_url
+from notifier.wire.protocol import direct_redis_url
 from tasks.app import app, registry
-from tasks.fleet import AnnounceListeners, dispatch_only
+from tasks.fleet import AnnounceListeners
 from tasks.listeners.registry import Registry
+from tasks.settings import configured
+from tasks.wiring import wire
 
 __all__ = ["check_listeners", "check_redis_persistence"]
 
@@ -104,13 +106,17 @@ def _check_at_start(instance: Any, **kwargs: Any) -> None:
     # stops the worker, with the error logged on one line.
     if instance.app is not app:
         return
+    # The settings were checked when the loader began importing the listener modules
+    # (tasks/settings.py); what is left is what needs them all loaded.
     try:
-        check_listeners(registry, only_dispatches=dispatch_only(app.conf))
+        check_listeners(registry, only_dispatches=configured(app).dispatch_only)
     except ConfigurationError as exc:
         logger.critical(
             "worker %s refuses to start: ConfigurationError: %s", instance.hostname, exc
         )
         raise SystemExit(EX_FAILURE) from exc
+    # The worker's collaborators, built once, before the pool forks (tasks/wiring.py).
+    wire(app, registry)
     check_redis_persistence(app.conf, registry)
 
 

@@ -22,18 +22,22 @@ WHERE records_fts MATCH ? AND NOT r.deleted ORDER BY rank``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from notifier.events import parent_of
-from notifier.settings import split_names
+from notifier.errors import ConfigurationError, ListenerError
+from notifier.wire.payload import parent_of, split_names
 from tasks.listeners.event import Event, canonical, change_id, change_version, scopes_above
 
-__all__ = ["SearchIndex", "update_search_index"]
+if TYPE_CHECKING:
+    from tasks.listeners.registry import Registry
+
+__all__ = ["SearchIndex", "register_search_index", "update_search_index"]
 
 _KEY = re.compile(r"^\w+$")
 
@@ -309,3 +313,36 @@ def update_search_index(event: Event) -> None:
     from tasks.app import app
 
     _index(app.conf.notifier_search_index).apply(event, _parents(app.conf.notifier_search_parents))
+
+
+def register_search_index(registry: Registry, conf: Any) -> None:
+    """Register the built-in listener with ``registry`` when the worker's settings ``conf``
+    name resources (``NOTIFIER_SEARCH_RESOURCES``); checked at worker start."""
+    resources = split_names(conf.notifier_search_resources)
+    parents = split_names(conf.notifier_search_parents)
+    if not resources:
+        return
+    if any(not re.fullmatch(r"\w+", name) or name in resources for name in parents):
+        raise ConfigurationError(
+            "NOTIFIER_SEARCH_PARENTS",
+            conf.notifier_search_parents,
+            "resource names (letters, digits, _) separated by spaces or commas, none of them "
+            "in NOTIFIER_SEARCH_RESOURCES",
+        )
+    try:
+        registry.listener(resources, name="notifier.search_index", parents=parents)(
+            update_search_index
+        )
+    except ListenerError:
+        raise ConfigurationError(
+            "NOTIFIER_SEARCH_RESOURCES",
+            conf.notifier_search_resources,
+            "resource names (letters, digits, _) separated by spaces or commas",
+        ) from None
+    directory = os.path.dirname(os.path.abspath(conf.notifier_search_index))
+    if not os.access(directory, os.W_OK):
+        raise ConfigurationError(
+            "NOTIFIER_SEARCH_INDEX",
+            conf.notifier_search_index,
+            "a file in a directory that exists and that this worker can write to",
+        )

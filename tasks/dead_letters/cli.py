@@ -41,10 +41,11 @@ from kombu.utils.url import maybe_sanitize_url
 from notifier.errors import MalformedMessage, NotifierError
 from notifier.wire.message import decode
 from notifier.wire.routing import DEFAULT_QUEUE
-from tasks.app import app, registry, routing
+from tasks.app import app, registry
 from tasks.dead_letters.store import DeadLetter, DeadLetters
+from tasks.dispatch.delivery import listener_task_id
 from tasks.dispatch.task import dispatch
-from tasks.listeners.batch import listener_task_id
+from tasks.settings import configure, configured
 
 __all__ = ["main", "open_store"]
 
@@ -142,7 +143,7 @@ def _dispatch_queue(letter: DeadLetter) -> str:
     if isinstance(message, dict):
         resource_name, action = message.get("resource_name"), message.get("action")
         if isinstance(resource_name, str) and isinstance(action, str):
-            return routing.queue_for(resource_name, action)
+            return configured(app).routing.queue_for(resource_name, action)
     return letter.queue or DEFAULT_QUEUE
 
 
@@ -285,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.check(args)
     except SystemExit as exc:  # argparse's way to end: --help (0), or a bad command line (2)
         return exc.code if isinstance(exc.code, int) else 2
+    try:
+        # As a worker starts: every setting checked, the dead letters' Redis known.
+        configure(app, registry)
+    except NotifierError as exc:
+        _error(str(exc))
+        return 2
     store = open_store()
     try:
         status: int = args.run(args, store)

@@ -4,6 +4,7 @@ main(argv) runs against a store in fakeredis and a registry of the test's own; t
 tasks' and dispatch's sends are recorded instead of reaching a broker.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,10 +16,12 @@ import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from notifier.wire.message import encode
+from notifier.wire.routing import RoutingTable
 from tasks.app import app
 from tasks.dead_letters import DeadLetters, cli
 from tasks.listeners.registry import Registry
+from tasks.settings import configure
+from tests.unit.builders import message
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,11 +69,6 @@ def sent(monkeypatch):
 
 def ignore(event):
     return event
-
-
-def message(resource_name="article", action="create"):
-    payload = {"resource_name": resource_name, "action": action, "uri": f"/{resource_name}s"}
-    return encode(payload, [{"new": {"id": "a1"}}], [0], "req-1").as_dict()
 
 
 def run(capsys, *argv):
@@ -256,7 +254,9 @@ def test_replay_sends_a_task_listener_to_its_own_queue(store, registry, sent, ca
 def test_replay_sends_a_letter_for_no_listener_to_dispatch_on_the_routed_queue(
     store, registry, sent, capsys, monkeypatch
 ):
-    monkeypatch.setattr(cli, "routing", cli.routing.parse("article.*=articles"))
+    routing = RoutingTable.parse("article.*=articles")
+    settings = dataclasses.replace(configure(app, registry), routing=routing)
+    monkeypatch.setattr(app, "notifier_settings", settings, raising=False)
     data = {**message(), "version": 2}
     letter = store.add("unknown schema version 2: this worker reads version 1", data)
 

@@ -16,24 +16,26 @@ from kombu.exceptions import OperationalError
 
 from notifier.errors import ConfigurationError
 from notifier.wire.message import decode
+from notifier.wire.routing import RoutingTable
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch.coverage import VIEW_MAX_AGE, Coverage, coverage
+from tasks.dispatch.coverage import VIEW_MAX_AGE, Coverage
+from tasks.dispatch.delivery import Delivery
+from tasks.dispatch.run import DispatchRun
 from tasks.fleet import (
     AnnounceListeners,
     Announcer,
     Fleet,
     ListenerSpec,
     WorkerRecord,
-    dispatch_only,
     record_of,
     report,
 )
-from tasks.listeners.batch import Delivery
 from tasks.listeners.registry import Registry
+from tasks.settings import WorkerSettings, dispatch_only
 from tasks.startup import check_listeners
-from tests.unit.test_dispatch import ignore, message
+from tests.unit.builders import message
+from tests.unit.test_dispatch import ignore
 
-dispatch_module = importlib.import_module("tasks.dispatch.task")
 fleet_module = importlib.import_module("tasks.fleet")
 
 
@@ -43,16 +45,6 @@ class Clock:
 
     def __call__(self):
         return self.now
-
-
-@pytest.fixture
-def registry():
-    return Registry(Celery("fleet-tests", broker="memory://", set_as_current=False))
-
-
-@pytest.fixture
-def client():
-    return fakeredis.FakeRedis()
 
 
 @pytest.fixture
@@ -88,9 +80,21 @@ def other_worker(hostname="other@host", *names, queues=None, dispatch_queues=("n
     )
 
 
-def handle(registry, dead_letters, data, only=None):
-    run = dispatch_module.DispatchRun(registry, dead_letters, "notifier")
-    return run.handle(Delivery(data, only, retries=0, redelivered=False, task_id="t1"))
+@pytest.fixture
+def coverage(registry, dead_letters, fleet):
+    """The coverage of a worker of ``registry``, whose fleet is beside its dead letters."""
+    return Coverage(fleet, registry, dead_letters)
+
+
+@pytest.fixture
+def handle(registry, dead_letters, coverage):
+    """Handle a message as the dispatch task of a worker of ``registry`` does."""
+
+    def handling(data, only=None):
+        run = DispatchRun(registry, dead_letters, "notifier", coverage=coverage)
+        return run.handle(Delivery(data, only, retries=0, redelivered=False, task_id="t1"))
+
+    return handling
 
 
 # -- refusing to start ---------------------------------------------------------------------------
@@ -327,7 +331,12 @@ def test_the_consumer_step_announces_at_start_and_again_on_the_workers_timer(mon
     )
     timer = Timer()
     consumer = SimpleNamespace(
-        app=SimpleNamespace(conf=Conf(notifier_dead_letters_url="redis://dead-letters:1/0")),
+        app=SimpleNamespace(
+            conf=Conf(notifier_dead_letters_url="redis://dead-letters:1/0"),
+            notifier_settings=WorkerSettings(
+                RoutingTable.parse(""), "redis://dead-letters:1/0", "redis://order:1/0", 30
+            ),
+        ),
         hostname="w1@host",
         task_consumer=SimpleNamespace(queues=[SimpleNamespace(name="notifier")]),
         timer=timer,
@@ -370,14 +379,14 @@ class Timer:
 
 
 def test_dispatch_hands_a_message_to_a_listener_only_another_worker_knows(
-    registry, dead_letters, fleet, handed, sent_locally, caplog
+    registry, dead_letters, fleet, handed, sent_locally, caplog, handle
 ):
     registry.listener("article", name="search.index")(ignore)
     fleet.announce(other_worker("them@host", "search.index", "audit.log"))
     data = message()
 
     with caplog.at_level(logging.ERROR, logger="notifier"):
-        names = handle(registry, dead_letters, data)
+        names = handle(data)
 
     assert sorted(names) == ["audit.log", "search.index"]
     assert handed == [
@@ -397,14 +406,14 @@ def test_dispatch_hands_a_message_to_a_listener_only_another_worker_knows(
 
 
 def test_dispatch_keeps_a_dead_letter_naming_a_listener_no_worker_consumes_the_queue_of(
-    registry, dead_letters, fleet, handed, sent_locally, caplog
+    registry, dead_letters, fleet, handed, sent_locally, caplog, handle
 ):
     registry.listener("article", name="search.index")(ignore)
     fleet.announce(other_worker("them@host", "audit.log", queues=["notifier"]))
     data = message()
 
     with caplog.at_level(logging.ERROR, logger="notifier"):
-        handle(registry, dead_letters, data)
+        handle(data)
 
     assert handed == []
     (letter,) = dead_letters
@@ -421,7 +430,7 @@ def test_dispatch_keeps_a_dead_letter_naming_a_listener_no_worker_consumes_the_q
 
 
 def test_a_listener_whose_queue_does_not_take_its_task_keeps_the_message_as_a_dead_letter(
-    monkeypatch, registry, dead_letters, fleet, sent_locally
+    monkeypatch, registry, dead_letters, fleet, sent_locally, handle
 ):
     registry.listener("article", name="search.index")(ignore)
     fleet.announce(other_worker("them@host", "audit.log"))
@@ -431,7 +440,7 @@ def test_a_listener_whose_queue_does_not_take_its_task_keeps_the_message_as_a_de
 
     monkeypatch.setattr(registry.app, "send_task", refuse)
 
-    handle(registry, dead_letters, message())
+    handle(message())
 
     (letter,) = dead_letters
     assert letter.listener == "audit.log"
@@ -439,27 +448,29 @@ def test_a_listener_whose_queue_does_not_take_its_task_keeps_the_message_as_a_de
     assert "did not take its task: Error 111" in letter.reason
 
 
-def test_a_worker_without_listeners_hands_every_message_over(registry, dead_letters, fleet, handed):
+def test_a_worker_without_listeners_hands_every_message_over(
+    registry, dead_letters, fleet, handed, handle
+):
     fleet.announce(other_worker("them@host", "search.index"))
 
-    assert handle(registry, dead_letters, message()) == ["search.index"]
+    assert handle(message()) == ["search.index"]
     assert [sending["task"] for sending in handed] == ["search.index"]
 
 
 def test_a_retry_for_some_listeners_is_not_handed_over_again(
-    registry, dead_letters, fleet, handed, sent_locally
+    registry, dead_letters, fleet, handed, sent_locally, handle
 ):
     registry.listener("article", name="search.index")(ignore)
     fleet.announce(other_worker("them@host", "search.index", "audit.log"))
 
-    handle(registry, dead_letters, message(), only=["search.index"])
+    handle(message(), only=["search.index"])
 
     assert handed == []
     assert sent_locally == ["search.index"]
 
 
 def test_a_message_no_listener_anywhere_wants_is_counted_and_logged_once_per_resource_and_action(
-    registry, dead_letters, fleet, handed, caplog
+    registry, dead_letters, fleet, handed, caplog, handle, coverage
 ):
     registry.listener("comment", name="comments.moderate")(ignore)
     fleet.announce(other_worker("them@host", "search.index"))  # articles only
@@ -467,7 +478,7 @@ def test_a_message_no_listener_anywhere_wants_is_counted_and_logged_once_per_res
 
     with caplog.at_level(logging.WARNING, logger="notifier"):
         for data in [first, message("blog", "create"), message("blog", "delete")]:
-            assert handle(registry, dead_letters, data) == []
+            assert handle(data) == []
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
@@ -477,7 +488,7 @@ def test_a_message_no_listener_anywhere_wants_is_counted_and_logged_once_per_res
         "logged once per resource and action"
     )
     assert "no listener of any live worker wants delete events of blog" in warnings[1]
-    counted = coverage(registry, dead_letters).unwanted
+    counted = coverage.unwanted
     assert counted == {("blog", "create"): 2, ("blog", "delete"): 1}
     assert handed == []
 
@@ -520,8 +531,6 @@ def sent_locally(monkeypatch, registry):
             result = register(function)
             for each in registry:
                 monkeypatch.setattr(each.task, "apply_async", watch(each))
-            # Never run inline: each listener's task is sent, as with several listeners.
-            monkeypatch.setattr(dispatch_module, "run_alone", lambda *a, **k: None)
             return result
 
         return apply

@@ -10,13 +10,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_worker_side(code="import tasks", **environ):
-    """Import the worker side in a fresh interpreter, as ``celery -A tasks worker`` does, and
-    run ``code`` there."""
+#: What ``celery -A tasks worker`` does first: import the app, then have its loader import the
+#: listener modules (which checks the settings: tasks.settings.configure).
+START = "import tasks; tasks.app.loader.init_worker()"
+
+
+def start_worker_side(code=START, **environ):
+    """Start the worker side in a fresh interpreter as ``celery -A tasks worker`` does, and run
+    ``code`` there."""
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO,
-        env={**os.environ, **environ},
+        # None: a variable left out.
+        env={k: v for k, v in {**os.environ, **environ}.items() if v is not None},
         capture_output=True,
         text=True,
         timeout=60,
@@ -95,6 +101,10 @@ def start_worker_side(code="import tasks", **environ):
             "NOTIFIER_LISTENERS = 'examples/listeners' is not valid",
         ),
         (
+            {"NOTIFIER_DISPATCH_ONLY": "maybe"},
+            "NOTIFIER_DISPATCH_ONLY = 'maybe' is not valid: true or false",
+        ),
+        (
             {"CELERY_CONFIG_MODULE": "no_such_config"},
             "CELERY_CONFIG_MODULE = 'no_such_config' is not valid: a module this worker can "
             "import (from its working directory or PYTHONPATH), like notifier's celeryconfig",
@@ -120,6 +130,7 @@ def start_worker_side(code="import tasks", **environ):
         "order-url",
         "listeners-file-name",
         "listeners-path",
+        "dispatch-only",
         "config-module",
     ],
 )
@@ -142,7 +153,7 @@ def test_good_worker_settings_start(tmp_path):
 
 def test_the_visibility_timeout_sets_the_transports_and_its_sweep():
     started = start_worker_side(
-        "from tasks.app import app; c = app.conf; o = c.broker_transport_options; "
+        f"{START}; from tasks.app import app; c = app.conf; o = c.broker_transport_options; "
         "print(c.notifier_visibility_timeout, o['visibility_timeout'], "
         "o['unacked_restore_interval'])",
         NOTIFIER_VISIBILITY_TIMEOUT=" 45 ",
@@ -164,7 +175,8 @@ def test_a_configuration_module_that_imports_a_missing_module_says_which(tmp_pat
 
 def test_the_search_index_listener_receives_the_deletes_of_its_parents(tmp_path):
     started = start_worker_side(
-        "from tasks.app import registry; print(sorted(registry['notifier.search_index'].parents))",
+        f"{START}; from tasks.app import registry; "
+        "print(sorted(registry['notifier.search_index'].parents))",
         NOTIFIER_SEARCH_RESOURCES="record",
         NOTIFIER_SEARCH_PARENTS="bucket, collection",
         NOTIFIER_SEARCH_INDEX=str(tmp_path / "index.sqlite3"),
@@ -180,13 +192,52 @@ def test_search_parents_without_search_resources_start(tmp_path):
     assert started.returncode == 0, started.stderr
 
 
-def test_a_configuration_module_without_notifiers_settings_is_told_what_is_missing(tmp_path):
-    (tmp_path / "myconfig.py").write_text('broker_url = "redis://127.0.0.1:1/0"\n')
+def test_a_configuration_module_of_ones_own_sets_only_what_it_changes(tmp_path):
+    (tmp_path / "myconfig.py").write_text(
+        'broker_url = "redis://127.0.0.1:1/0"\nnotifier_visibility_timeout = 60\n'
+    )
 
-    started = start_worker_side(CELERY_CONFIG_MODULE="myconfig", PYTHONPATH=str(tmp_path))
+    started = start_worker_side(
+        f"{START}; c = tasks.app.conf; "
+        "print(c.notifier_visibility_timeout, c.notifier_dead_letters_url, c.task_acks_late)",
+        CELERY_CONFIG_MODULE="myconfig",
+        PYTHONPATH=str(tmp_path),
+        CELERY_BROKER_URL=None,
+    )
+
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.split() == ["60", "redis://127.0.0.1:1/0", "True"]
+
+
+def test_importing_the_worker_side_checks_no_setting():
+    imported = start_worker_side(
+        "import tasks; from tasks import Event, listener, app; print('imported')",
+        NOTIFIER_SEARCH_RESOURCES="article",
+        NOTIFIER_SEARCH_INDEX="/nonexistent/index.sqlite3",
+        NOTIFIER_ROUTES="not a route",
+    )
+
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == "imported"
+
+
+def test_a_celery_worker_with_a_bad_setting_stops_before_it_connects():
+    started = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool=solo"],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "NOTIFIER_ROUTES": "article=articles",
+            "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
     assert started.returncode != 0
     assert (
-        "ConfigurationError: notifier_routes is missing: define it in myconfig, "
-        "as notifier's celeryconfig.py does"
-    ) in started.stderr
+        "notifier.errors.ConfigurationError: NOTIFIER_ROUTES = 'article=articles' is not valid"
+        in started.stderr
+    )
