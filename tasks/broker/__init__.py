@@ -1,13 +1,37 @@
-"""What knows the internals of kombu's Redis transport, fenced in one package.
+"""What knows the internals of Celery and of kombu's Redis transport, fenced in one package.
 
+- :mod:`tasks.broker.versions`: the gate. Every shortcut below runs only on the Celery and
+  kombu versions it was checked on (:func:`internals_checked`); on others the worker runs
+  Celery's and kombu's own paths, and says so once.
 - :mod:`tasks.broker.consuming`: the worker's consumer takes each message and registers it as
   unacknowledged in one step on the Redis server (a Lua script, ``take.lua``), so that a worker
   killed at any instant loses no message: what it held is handed out again once the
   visibility timeout is over.
+- :mod:`tasks.broker.consumer`: Celery's consumer, with that channel, and what it cannot read
+  kept as a dead letter.
+- :mod:`tasks.broker.taking`: the dispatch task takes the dispatch messages queued behind its
+  own (``take_dispatches.lua``).
+- :mod:`tasks.broker.visibility`: a living worker keeps the messages it holds from being handed
+  out again.
+- :mod:`tasks.broker.task_stack`: a task's body run inside another task, as Celery's
+  ``current_task``.
 
-Each reliance on a kombu internal is named where it is used, with the kombu versions checked.
+Each reliance on an internal is named where it is used, with the versions checked; the bounds
+in ``pyproject.toml`` keep Celery and kombu to those versions, and the test command runs the
+suite on the lowest and the newest of them. Nothing outside this package (and the task
+protocol writer, :mod:`notifier.wire.protocol`) touches a private Celery or kombu name:
+tests/unit/test_boundaries.py checks it.
 """
 
 from tasks.broker.consuming import KOMBU_CHECKED, AtomicChannel, AtomicQoS
+from tasks.broker.versions import CHECKED, internals_checked
 
-__all__ = ["KOMBU_CHECKED", "AtomicChannel", "AtomicQoS"]
+__all__ = [
+    # The gate
+    "CHECKED",
+    "internals_checked",
+    # The consumer's channel
+    "KOMBU_CHECKED",
+    "AtomicChannel",
+    "AtomicQoS",
+]

@@ -26,12 +26,16 @@ four ``on_*`` methods are where Celery itself sends what it cannot read: overrid
 keeping the message to Celery's own handling (its log line, acknowledging, signals, result
 backend, events) instead of replacing it. Two failures reach none of them, and need the two
 smallest hooks next to them: the task message handler that Celery builds
-(``create_task_handler``) is wrapped, to keep what it fails on; and the consumer's Redis
-channel (tasks/broker/consuming.py, which takes each item) checks the envelope before kombu
-parses it, and gives what kombu could not deliver to ``on_unreadable`` (Redis and Redis
-Sentinel, the brokers notifier runs on). A custom task strategy, a transport of our own (Celery
-would log it as the broker's URL scheme), or patching kombu or Celery would reach further into
-code that changes between releases.
+(``create_task_handler``, checked on Celery 5.7.0) is wrapped, to keep what it fails on; and
+the consumer's Redis channel (tasks/broker/consuming.py, which takes each item) checks the
+envelope before kombu parses it, and gives what kombu could not deliver to ``on_unreadable``
+(Redis and Redis Sentinel, the brokers notifier runs on). A custom task strategy, a transport of
+our own (Celery would log it as the broker's URL scheme), or patching kombu or Celery would
+reach further into code that changes between releases.
+
+On a Celery or kombu whose internals were not checked (:func:`tasks.broker.internals_checked`),
+the channel is kombu's own: step 1 is unguarded, as with Celery alone; steps 2 and 3 keep what
+they fail on as before.
 """
 
 from __future__ import annotations
@@ -48,16 +52,19 @@ from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 from vine import promise as vine_promise
 
-from tasks.broker import AtomicChannel
-from tasks.dispatch.task import dead_letters
+from tasks.broker.consuming import AtomicChannel
+from tasks.broker.versions import internals_checked
+from tasks.wiring import worker_dead_letters as dead_letters
 
-__all__ = ["Consumer", "keep", "readable"]
+__all__ = ["Consumer", "dead_letter", "readable"]
 
 logger = logging.getLogger("notifier")
 
 
-def keep(reason: str, message: Any, *, queue: str | None, traceback: str | None = None) -> None:
-    """Keep a message the worker could not read as a dead letter; log either way."""
+def dead_letter(
+    reason: str, message: Any, *, queue: str | None, traceback: str | None = None
+) -> None:
+    """Dead-letter a message the worker could not read; log either way."""
     try:
         letter = dead_letters().add(reason, message, queue=queue, traceback=traceback)
     except redis.RedisError:
@@ -106,16 +113,22 @@ def _error(exc: BaseException) -> str:
 class Consumer(CeleryConsumer):
     """Celery's consumer, but what it cannot read is kept as a dead letter, not dropped."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Asked here, in the worker's main process before its pool forks (the pool processes
+        # inherit the answer), so that an unchecked version is logged once per worker.
+        self.internals_checked = internals_checked()
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         queue = _queue_of(message)
         content_type = getattr(message, "content_type", None)
         reason = f"queue {queue!r}: a body that cannot be decoded ({content_type}): {_error(exc)}"
-        keep(reason, _as_received(message), queue=queue)
+        dead_letter(reason, _as_received(message), queue=queue)
         super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         queue = _queue_of(message)
-        keep(
+        dead_letter(
             f"queue {queue!r}: not a task message (it names no task)",
             _as_received(message),
             queue=queue,
@@ -126,7 +139,7 @@ class Consumer(CeleryConsumer):
         queue = _queue_of(message)
         headers = message.headers if isinstance(message.headers, dict) else {}
         name = headers.get("task")
-        keep(
+        dead_letter(
             f"queue {queue!r}: a message for task {name!r}, which this worker does not have",
             _as_received(message),
             queue=queue,
@@ -135,7 +148,7 @@ class Consumer(CeleryConsumer):
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         queue = _queue_of(message)
-        keep(
+        dead_letter(
             f"queue {queue!r}: an invalid task message: {_error(exc)}",
             _as_received(message),
             queue=queue,
@@ -159,7 +172,7 @@ class Consumer(CeleryConsumer):
                 # The boundary that must not fail: whatever else Celery raises on one message
                 # would stop the worker, and come back to stop the next one.
                 queue = _queue_of(message)
-                keep(
+                dead_letter(
                     f"queue {queue!r}: a task message Celery cannot read: {_error(exc)}",
                     _as_received(message),
                     queue=queue,
@@ -173,11 +186,15 @@ class Consumer(CeleryConsumer):
 
     def connection_for_read(self, heartbeat: float | None = None) -> kombu.Connection:
         connection = self.app.connection_for_read(heartbeat=heartbeat)
-        # Set before it connects: its first channel is the one tasks are consumed on.
+        # Set before it connects: its first channel is the one tasks are consumed on. Replacing
+        # the transport's Channel class (kombu 5.7.0: Transport.Channel, the class its
+        # create_channel makes) is the one way to give kombu a channel of our own. Not on an
+        # unchecked Celery or kombu: kombu's own channel, and a queue item that is not a kombu
+        # message stops the worker, as with Celery alone.
         transport = connection.transport
-        if type(transport) is kombu_redis.Transport:
+        if self.internals_checked and type(transport) is kombu_redis.Transport:
             transport.Channel = _CheckingChannel
-        elif type(transport) is kombu_redis.SentinelTransport:
+        elif self.internals_checked and type(transport) is kombu_redis.SentinelTransport:
             transport.Channel = _CheckingSentinelChannel
         return self.ensure_connected(connection)
 
@@ -188,7 +205,9 @@ class _CheckingChannel(AtomicChannel):
     worker."""
 
     def on_unreadable(self, queue: str, item: bytes, problem: str) -> None:
-        keep(f"queue {queue!r}: not a Celery message: {problem}", readable(item), queue=queue)
+        dead_letter(
+            f"queue {queue!r}: not a Celery message: {problem}", readable(item), queue=queue
+        )
 
 
 class _CheckingSentinelChannel(_CheckingChannel, kombu_redis.SentinelChannel):

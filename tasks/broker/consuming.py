@@ -37,15 +37,14 @@ routing_key]`` in the ``unacked`` hash under the delivery tag (the envelope's
 named by the ``unacked_key``/``unacked_index_key`` transport options and the global key prefix.
 kombu's acknowledgement, its sweep (``restore_visible``), tasks/broker/visibility.py's refresh and
 dispatch's taker (tasks/broker/taking.py) share that layout. The waits need Redis 6.2 (BLMOVE) to
-end when a message comes.
+end when a message comes. On a Celery or kombu whose internals were not checked
+(:func:`tasks.broker.internals_checked`), the channel and its QoS are kombu's own, as they are.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 from queue import Empty
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any
@@ -57,12 +56,15 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from tasks.broker.lua import lua_script
+from tasks.broker.versions import CHECKED, internals_checked
+
 __all__ = ["KOMBU_CHECKED", "WAIT_FIRST", "WAIT_MOST", "AtomicChannel", "AtomicQoS"]
 
 logger = logging.getLogger("notifier")
 
 #: The kombu versions whose Redis transport this module was checked against.
-KOMBU_CHECKED = ("5.7",)
+KOMBU_CHECKED = CHECKED["kombu"]
 #: How long the channel waits for a message after it found every queue empty, in seconds, the
 #: first time, and at most (the wait doubles while the queues stay empty). A message pushed to
 #: the first queue ends the wait at once; one pushed to another waits until the wait is over.
@@ -86,11 +88,6 @@ _RELIED_ON = (
 )
 
 
-@cache
-def _take_script() -> str:
-    return Path(__file__).with_name("take.lua").read_text()
-
-
 class AtomicQoS(kombu_redis.QoS):
     """kombu's Redis QoS, whose ``append`` writes nothing for a message the take script
     registered already (it would write the same entry again: its own JSON of the same
@@ -105,6 +102,8 @@ class AtomicQoS(kombu_redis.QoS):
         try:
             super().restore_by_tag(tag, client=client, leftmost=leftmost)
         except (ValueError, TypeError):
+            if not self.channel._checked:
+                raise  # kombu's own sweep, as it is
             # kombu 5.7.0's restore_by_tag reads the entry (json, then [message, exchange,
             # routing_key]) unguarded: one it cannot read raised out of every sweep, and the
             # messages behind it stayed unacknowledged. It is one the take script registered
@@ -147,14 +146,16 @@ class AtomicChannel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # On a kombu or Celery whose internals were not checked: kombu's own channel, as is.
+        self._checked = internals_checked()
         missing = [name for name in _RELIED_ON if not hasattr(self, name)]
-        if missing:
+        if self._checked and missing:
             version = getattr(kombu, "__version__", "?")
             raise RuntimeError(
                 f"kombu {version}'s Redis channel lacks {', '.join(missing)}, which notifier's "
                 f"atomic consumption uses (checked with kombu {', '.join(KOMBU_CHECKED)})"
             )
-        self._atomic = bool(self.ack_emulation)
+        self._atomic = self._checked and bool(self.ack_emulation)
         self._delivering_taken = False
         self._found = False  # the last take found an item, readable or not
         self._waiting = False  # the command in flight is a wait, not a take
@@ -162,10 +163,11 @@ class AtomicChannel(kombu_redis.Channel):
         self._wait: float | None = None  # how long the last wait lasted (None: none since a take)
         # The reply of a take, like a BRPOP's, is read under the name BRPOP (kombu 5.7.0's
         # _brpop_read), by this response callback.
-        self.client.set_response_callback("BRPOP", self._checked_reply)
+        if self._checked:
+            self.client.set_response_callback("BRPOP", self._checked_reply)
         if self._atomic:
             with self.conn_or_acquire() as client:
-                self._take_sha = client.script_load(_take_script())
+                self._take_sha = client.script_load(lua_script("take.lua"))
                 self._wait_in_queue = _redis_version(client) >= (6, 2)
 
     # What the worker does with an item it cannot deliver. -----------------------------------
@@ -226,7 +228,7 @@ class AtomicChannel(kombu_redis.Channel):
         except redis.exceptions.NoScriptError:
             # The server lost its scripts (restarted, SCRIPT FLUSH): load it again, take again.
             with self.conn_or_acquire() as client:
-                self._take_sha = client.script_load(_take_script())
+                self._take_sha = client.script_load(lua_script("take.lua"))
             raise Empty() from None
         finally:
             self._delivering_taken = False

@@ -1,15 +1,16 @@
 """Taking more dispatch messages: one dispatch task handles the messages queued behind its own.
 
 Every Celery task costs a worker the same whatever it does (about 1.3 ms: Redis round trips,
-Celery's request, the pool; see the README's "Performance"). So the dispatch task, once it
+Celery's request, the pool; see bench/README.md). So the dispatch task, once it
 handled its own message, takes the next ``notifier.dispatch`` messages of its queue and handles
 them too: one task for several events.
 
-Taking is kombu's Redis transport's own delivery, done by one Lua script (:data:`TAKE`) per
-round: for each message it pops the oldest item of the queue's list (kombu LPUSHes and BRPOPs),
-and registers it as unacknowledged exactly as kombu's ``QoS.append`` does for a message it
-delivers: ``[message, exchange, routing_key]`` in the ``unacked`` hash under the message's
-delivery tag, and the tag in the ``unacked_index`` sorted set, scored by the time it was taken.
+Taking is kombu's Redis transport's own delivery, done by one Lua script per round
+(``take_dispatches.lua``, beside this module): for each message it pops the oldest item of the
+queue's list (kombu LPUSHes and BRPOPs), and registers it as unacknowledged exactly as kombu's
+``QoS.append`` does for a message it delivers: ``[message, exchange, routing_key]`` in the
+``unacked`` hash under the message's delivery tag, and the tag in the ``unacked_index`` sorted
+set, scored by the time it was taken.
 A worker that dies holding taken messages loses none that kombu can read: its sweep hands them
 out again once they are older than the visibility timeout, as it does with the messages it
 delivered itself. While this process lives, a thread refreshes their time (as
@@ -24,172 +25,45 @@ the list of priority 0 (kombu's plain queue key, which BRPOP reads first) is rea
 
 Redis's Lua JSON reads more than Python's (hex numbers, nan, infinity), and kombu's sweep stops
 at the first entry of the unacknowledged hash it cannot read, leaving all behind it there for
-good. So the taker holds what the script took first, then reads each item as kombu would: one
-it cannot read is :class:`Taken` with a ``problem``, which dispatch keeps as a dead letter and
-acknowledges before it handles anything else. A worker killed between the script and that
-acknowledgement (a few Redis round trips) leaves such an item in the hash: the workers' sweep
-sets it aside and goes on (``tasks.broker.consuming.AtomicQoS``).
+good. So the taker holds what the script took first, then reads each item as kombu would
+(tasks/broker/taken.py): one it cannot read is :class:`Taken` with a ``problem``, which dispatch
+dead-letters and acknowledges before it handles anything else. A worker killed between the
+script and that acknowledgement (a few Redis round trips) leaves such an item in the hash: the
+workers' sweep sets it aside and goes on (``tasks.broker.consuming.AtomicQoS``).
+
+Relied on, checked on kombu 5.7.0 (``kombu/transport/redis.py``): the layout above, which kombu
+reads back (its ack, its sweep ``restore_visible``), with the key names of the ``unacked_key``
+and ``unacked_index_key`` transport options and the ``global_keyprefix``; the queue's list of
+priority 0 named after the queue; kombu's envelope (``properties.delivery_tag`` and
+``delivery_info``). On other versions (:func:`tasks.broker.internals_checked`) there is no
+taker: dispatch takes no more than its own message.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
 import redis
 from celery import Celery
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
 
-from notifier.publisher import direct_redis_url, task_message
 from notifier.wire.message import DISPATCH_TASK
+from notifier.wire.protocol import direct_redis_url, task_message
+from tasks.broker.lua import lua_script
+from tasks.broker.taken import Taken
+from tasks.broker.versions import internals_checked
 
-__all__ = ["TAKE", "Taken", "Taker", "taker_of"]
+__all__ = ["Taken", "Taker", "taker_of"]
 
 logger = logging.getLogger("notifier")
 
-#: KEYS: the queue's list, the unacked hash, the unacked index. ARGV: how many messages at
-#: most, how many bytes at most (the first one whatever its size), the time to score them with,
-#: the dispatch task's name. Returns the delivery tag and the item of each message taken, oldest
-#: first: ``{tag, item, tag, item, ...}``.
-TAKE = """
-local taken, size = {}, 0
-local function absent(value) return value == nil or value == cjson.null end
-for _ = 1, tonumber(ARGV[1]) do
-  local item = redis.call('RPOP', KEYS[1])
-  if not item then break end
-  local ok, message = pcall(cjson.decode, item)
-  local fits = ok and type(message) == 'table' and type(message['headers']) == 'table'
-    and type(message['properties']) == 'table'
-  local headers, properties, info
-  if fits then
-    headers, properties = message['headers'], message['properties']
-    info = properties['delivery_info']
-    fits = headers['task'] == ARGV[4] and absent(headers['eta'])
-      and absent(headers['expires']) and absent(headers['compression'])
-      and message['content-type'] == 'application/json'
-      and (absent(properties['body_encoding']) or properties['body_encoding'] == 'base64')
-      and type(message['body']) == 'string'
-      and type(properties['delivery_tag']) == 'string'
-      and not properties['delivery_tag']:find('[\\128-\\255]')
-      and type(info) == 'table' and type(info['routing_key']) == 'string'
-      and (absent(info['exchange']) or type(info['exchange']) == 'string')
-  end
-  if not fits or (#taken > 0 and size + #item > tonumber(ARGV[2])) then
-    redis.call('RPUSH', KEYS[1], item)
-    break
-  end
-  size = size + #item
-  local exchange = info['exchange']
-  if absent(exchange) then exchange = '' end
-  redis.call('ZADD', KEYS[3], ARGV[3], properties['delivery_tag'])
-  redis.call('HSET', KEYS[2], properties['delivery_tag'],
-    '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(info['routing_key']) .. ']')
-  taken[#taken + 1] = properties['delivery_tag']
-  taken[#taken + 1] = item
-end
-return taken
-"""
-
-# What Celery's task protocol 2 puts in a body besides args and kwargs: work after the task.
-_EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
-
-
-def _dispatch_arguments(message: Any, only: Any = None) -> tuple[Any, Any]:
-    # The dispatch task's signature (tasks/dispatch/task.py; a test compares them): the arguments
-    # are bound as Celery binds them when it runs the task.
-    return message, only
-
-
-class _Unreadable(Exception):
-    """Raised when a taken item is not a dispatch task message this worker can run."""
-
-
-@dataclass(frozen=True, slots=True)
-class Taken:
-    """A dispatch task message taken from a queue: what the dispatch task would run with."""
-
-    tag: str  # kombu's delivery tag: its key in the unacked hash and index
-    task_id: str
-    message: Any  # the dispatch task's first argument
-    only: list[str] | None = None  # the listeners a retry is for
-    retries: int = 0
-    redelivered: bool = False
-    raw: str | bytes = field(default="", repr=False)  # the queue item as it was
-    problem: str | None = None  # why the dispatch task could not run with it
-    size: int | None = None  # bytes of its body's JSON
-    envelope: Any = field(default=None, repr=False)  # kombu's envelope, when it could read it
-
-    @classmethod
-    def parse(cls, raw: str | bytes, tag: str) -> Taken:
-        """Read a queue item the take script accepted, as kombu reads it; one that kombu
-        cannot read, or whose body the dispatch task could not run with, has the reason as its
-        ``problem``. Never raises."""
-        try:
-            envelope = loads(bytes_to_str(raw))  # kombu's sweep reads as this does
-            task_id = str(envelope["headers"].get("id") or tag)
-        except (ValueError, TypeError, LookupError, AttributeError) as exc:
-            # Redis's Lua read it; Python's JSON (and kombu's sweep) cannot.
-            problem = f"an item that is not JSON kombu can read: {type(exc).__name__}: {exc}"
-            return cls(tag, tag, None, raw=raw, problem=problem)
-        try:
-            return cls._parse(envelope, raw, tag, task_id)
-        except _Unreadable as exc:
-            return cls(tag, task_id, None, raw=raw, problem=str(exc), envelope=envelope)
-
-    @classmethod
-    def _parse(cls, envelope: dict[str, Any], raw: str | bytes, tag: str, task_id: str) -> Taken:
-        headers, properties = envelope["headers"], envelope["properties"]
-        try:
-            body = envelope["body"]
-            if properties.get("body_encoding") == "base64":
-                body = base64.b64decode(body, validate=True)
-            if isinstance(body, bytes):
-                body = body.decode(envelope.get("content-encoding") or "utf-8")
-            decoded = json.loads(body)
-        except (ValueError, TypeError, LookupError) as exc:
-            raise _Unreadable(
-                f"a body that cannot be decoded: {type(exc).__name__}: {exc}"
-            ) from None
-        if not (isinstance(decoded, list) and len(decoded) in (2, 3)):
-            raise _Unreadable("a body that is not [args, kwargs, embed]")
-        args, kwargs = decoded[0], decoded[1]
-        embed = decoded[2] if len(decoded) == 3 else {}
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise _Unreadable("a body whose args are not a list or kwargs not an object")
-        try:
-            message, only = _dispatch_arguments(*args, **kwargs)
-        except TypeError:
-            raise _Unreadable(
-                f"dispatch takes a message and only=, not args {args!r} and kwargs {kwargs!r}"
-            ) from None
-        if only is not None and not (
-            isinstance(only, list) and all(isinstance(name, str) for name in only)
-        ):
-            raise _Unreadable(f"only={only!r} is not a list of listener names")
-        if isinstance(embed, Mapping) and any(embed.get(key) for key in _EMBED_KEYS):
-            raise _Unreadable("a task message with callbacks, a chain or a chord")
-        retries = headers.get("retries") or 0
-        info = properties.get("delivery_info") or {}
-        return cls(
-            tag=tag,
-            task_id=task_id,
-            message=message,
-            only=only,
-            retries=retries if isinstance(retries, int) else 0,
-            redelivered=bool(headers.get("redelivered") or info.get("redelivered")),
-            raw=raw,
-            envelope=envelope,
-            size=len(body),  # about its message's JSON: a batch counts it
-        )
+# The script that takes (take_dispatches.lua, beside this module: its KEYS, ARGV and reply).
+_TAKE_SCRIPT = "take_dispatches.lua"
 
 
 class Taker:
@@ -209,7 +83,7 @@ class Taker:
         self.key_prefix = key_prefix
         self.unacked_key = key_prefix + unacked_key
         self.unacked_index_key = key_prefix + unacked_index_key
-        self._take = client.register_script(TAKE)
+        self._take = client.register_script(lua_script(_TAKE_SCRIPT))
         self._held: set[str] = set()
         self._lock = threading.Lock()
         self._refresher: threading.Thread | None = None
@@ -249,7 +123,7 @@ class Taker:
 
     def send(self, tasks: Iterable[tuple[str, str, Any, str]]) -> None:
         """Send Celery tasks, each ``(task name, task id, its one argument, queue)``, in one
-        round trip: the task message Celery would send (:func:`notifier.publisher.task_message`,
+        round trip: the task message Celery would send (:func:`notifier.wire.protocol.task_message`,
         what the web side writes too) LPUSHed into each queue's list, as kombu's Redis transport
         does, without kombu's cost per message (a base64 body, ``argsrepr``, one round trip per
         task). Celery's ``before_task_publish``/``after_task_publish`` signals are not sent."""
@@ -355,8 +229,11 @@ def taker_of(app: Celery) -> Taker | None:
     """The taker of ``app``'s broker, in this process; None when the taker could not connect
     as kombu does: a broker that is not one Redis (Sentinel, failover URLs, another transport),
     TLS (``rediss://``, ``broker_use_ssl``), a URL with a query, transport options it would
-    ignore (:data:`_TAKER_OPTIONS`), or without kombu's emulated acks. Dispatch then takes no
-    more than its own message."""
+    ignore (:data:`_TAKER_OPTIONS`), or without kombu's emulated acks; and on a Celery or kombu
+    whose internals were not checked (:func:`tasks.broker.internals_checked`). Dispatch then
+    takes no more than its own message."""
+    if not internals_checked():
+        return None
     url = app.conf.broker_read_url or app.conf.broker_url
     direct = direct_redis_url(url) if isinstance(url, str) else None
     options = app.conf.broker_transport_options or {}

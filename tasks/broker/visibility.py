@@ -6,6 +6,13 @@ it is older than the visibility timeout. A short timeout brings the messages of 
 died (SIGKILL, a lost machine) back within seconds, but would also hand out the message of a
 listener still running, or of a retry waiting for its time. So every worker refreshes, every
 third of the timeout, the time of each message it holds: only a dead worker's messages age.
+
+Relied on, checked on kombu 5.7.0 (``kombu/transport/virtual/base.py`` and
+``kombu/transport/redis.py``): ``QoS._delivered``, the delivery tags of the messages a channel
+took and has not acknowledged, and the ``unacked_index`` sorted set, each tag scored by the time
+it was taken, which kombu's sweep (``restore_visible``) reads. On a Celery or kombu whose
+internals were not checked (:func:`tasks.broker.internals_checked`) nothing is refreshed: a
+message held longer than the visibility timeout is handed out again, as with Celery alone.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import time
 from typing import Any
 
 from celery import bootsteps
+
+from tasks.broker.versions import internals_checked
 
 __all__ = ["KeepDeliveriesVisible"]
 
@@ -31,6 +40,8 @@ class KeepDeliveriesVisible(bootsteps.StartStopStep):
         self.timer: Any = None
 
     def start(self, consumer: Any) -> None:
+        if not internals_checked():
+            return
         options = consumer.app.conf.broker_transport_options or {}
         timeout = float(options.get("visibility_timeout", 3600))
         self.timer = consumer.timer.call_repeatedly(timeout / 3, self.refresh, (consumer,))
@@ -46,7 +57,8 @@ class KeepDeliveriesVisible(bootsteps.StartStopStep):
     def refresh(consumer: Any) -> None:
         channel = consumer.task_consumer.channel
         qos = channel.qos
-        # kombu keeps the messages a channel took and has not acknowledged in QoS._delivered.
+        # kombu 5.7.0 keeps the messages a channel took and has not acknowledged in
+        # QoS._delivered (a dict: delivery tag -> message).
         tags = list(qos._delivered)
         if not tags or not hasattr(qos, "unacked_index_key"):
             return

@@ -113,7 +113,7 @@ def test_bytes_that_are_not_text_are_kept_as_their_repr(channel, store):
 
 def test_a_kept_message_is_logged_with_its_dead_letter(store, caplog):
     with caplog.at_level(logging.ERROR, logger="notifier"):
-        consumer.keep("queue 'notifier': a reason", "item", queue="notifier")
+        consumer.dead_letter("queue 'notifier': a reason", "item", queue="notifier")
 
     (letter,) = store
     assert f"queue 'notifier': a reason; kept as dead letter {letter.id}" in caplog.text
@@ -128,7 +128,7 @@ def test_a_message_that_cannot_be_kept_is_logged_whole(monkeypatch, caplog):
     monkeypatch.setattr(consumer, "dead_letters", UnreachableStore)
 
     with caplog.at_level(logging.ERROR, logger="notifier"):
-        consumer.keep("queue 'notifier': a reason", "the item", queue="notifier")
+        consumer.dead_letter("queue 'notifier': a reason", "the item", queue="notifier")
 
     assert "could not be kept as a dead letter, dropped: 'the item'" in caplog.text
 

@@ -6,28 +6,22 @@ import inspect
 import json
 import time
 import uuid
-from types import SimpleNamespace
 
-import fakeredis
 import pytest
 from celery import Celery
 
-from notifier.publisher import task_message
-from notifier.wire.message import DISPATCH_TASK, encode
-from notifier.wire.message import decode as real_decode
+from notifier.wire.message import DISPATCH_TASK
+from notifier.wire.protocol import task_message
 from tasks.broker.taking import Taken, Taker, taker_of
-from tasks.dead_letters import DeadLetters
-from tasks.dispatch.task import DISPATCH_RETRIES, DispatchRun
-from tasks.listeners.batch import Delivery
-
-QUEUE = "notifier"
+from tasks.dispatch.delivery import Delivery
+from tasks.dispatch.retries import DISPATCH_RETRIES
+from tasks.dispatch.run import DispatchRun
+from tests.unit import builders
+from tests.unit.builders import QUEUE
 
 
 def message(resource_name="article", number=0):
-    payload = {"resource_name": resource_name, "action": "create", "uri": f"/{resource_name}s"}
-    return json.loads(
-        json.dumps(encode(payload, [{"new": {"id": f"a{number}"}}], [0], "req-1").as_dict())
-    )
+    return builders.message(resource_name, ids=(f"a{number}",))
 
 
 def queue_dispatch(client, data):
@@ -196,16 +190,14 @@ def test_other_key_names_of_the_transport_options_are_honoured(client):
 # What dispatch does with what it takes ------------------------------------------------------
 
 
-@pytest.fixture
-def registry():
-    from tasks.listeners.registry import Registry
+class Resent:
+    """Stands in for the dispatch task a run sends again: keeps what it would have sent."""
 
-    return Registry(Celery("taking-tests", broker="memory://", set_as_current=False))
+    def __init__(self):
+        self.sent = []
 
-
-@pytest.fixture
-def dead_letters():
-    return DeadLetters(fakeredis.FakeRedis())
+    def apply_async(self, **options):
+        self.sent.append(options)
 
 
 def listener_tasks(client, registry, name):
@@ -281,19 +273,16 @@ def test_a_taken_message_some_listener_missed_is_sent_again_to_dispatch_for_it_a
 
     monkeypatch.setattr(taker, "send", send)
     monkeypatch.setattr(taker, "writes_for", lambda task: task.name == "mail.new_article")
-    resent = []
-    monkeypatch.setattr(
-        "tasks.dispatch.task.dispatch.apply_async", lambda **options: resent.append(options)
-    )
+    dispatch = Resent()
     monkeypatch.setattr(
         registry["search.index"].task, "apply_async", lambda **options: None, raising=False
     )
-    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+    run = DispatchRun(registry, dead_letters, QUEUE, taker, dispatch=dispatch)
 
     run.take_more()
     run.finish()
 
-    [again] = resent
+    [again] = dispatch.sent
     assert again["kwargs"] == {"only": ["mail.new_article"]}
     assert (again["task_id"], again["queue"], again["retries"]) == (task_id, QUEUE, 1)
     assert again["countdown"] == 1
@@ -328,11 +317,10 @@ def test_messages_taken_after_the_time_bound_go_back_to_their_queue(
 ):
     registry.listener("article", name="search.index")(ignore)
     ids = [queue_dispatch(client, message(number=number)) for number in range(3)]
-    run = DispatchRun(registry, dead_letters, QUEUE, taker)
-    # Its time is up once it took them: the first reading of the clock is its last in time.
-    readings = iter([run.started])
-    clock = SimpleNamespace(monotonic=lambda: next(readings, run.started + 1e9))
-    monkeypatch.setattr("tasks.dispatch.task.time", clock)
+    # Its time is up once it took them: the first reading of the clock after its start is its
+    # last in time.
+    readings = iter([0.0, 0.0])
+    run = DispatchRun(registry, dead_letters, QUEUE, taker, clock=lambda: next(readings, 1e9))
 
     run.take_more()
 
@@ -428,7 +416,7 @@ def test_a_dispatch_message_sent_with_other_forms_of_its_arguments_is_taken_as_c
 
 
 def test_taking_binds_arguments_as_the_dispatch_task_s_signature_does():
-    from tasks.broker.taking import _dispatch_arguments
+    from tasks.broker.taken import _dispatch_arguments
     from tasks.dispatch.task import dispatch
 
     taken = list(inspect.signature(_dispatch_arguments).parameters.values())
@@ -469,18 +457,22 @@ def test_a_plain_redis_broker_has_a_taker_with_the_transport_s_options():
     assert taker.client.connection_pool.connection_kwargs["socket_timeout"] == 3
 
 
-def test_dispatch_decodes_each_message_once(monkeypatch, client, taker, registry, dead_letters):
+class Decoded(dict):
+    """A message that counts how many times it is decoded (decode reads its version first)."""
+
+    decoded = 0
+
+    def get(self, key, default=None):
+        if key == "version":
+            self.decoded += 1
+        return super().get(key, default)
+
+
+def test_dispatch_decodes_each_message_once(client, taker, registry, dead_letters):
     registry.listener("article", name="search.index")(ignore)
     registry.listener("article", name="mail.new_article")(ignore)
-    decoded = []
-
-    def decode(data):
-        decoded.append(data)
-        return real_decode(data)
-
-    for module in ("tasks.dispatch.task", "tasks.dispatch.inline"):
-        monkeypatch.setattr(f"{module}.decode", decode)
+    data = Decoded(message())
     run = DispatchRun(registry, dead_letters, QUEUE, taker)
 
-    assert sorted(run.handle(Delivery(message()))) == ["mail.new_article", "search.index"]
-    assert len(decoded) == 1
+    assert sorted(run.handle(Delivery(data))) == ["mail.new_article", "search.index"]
+    assert data.decoded == 1
