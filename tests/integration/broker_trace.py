@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from examples.processes import redis_server_binary
+from tests.support.processes import redis_server_binary
 
 _LINE = re.compile(
     r'^(?P<time>\d+\.\d+) \[(?P<client>[^\]]+)\] "(?P<command>[A-Za-z]+)"(?P<rest>.*)$'

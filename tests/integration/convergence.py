@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from examples.processes import CeleryWorker, RedisServer, WebApp
+from tests.support.processes import CeleryWorker, RedisServer, WebApp
 
 BLOGS = [f"blog{n}" for n in range(4)]
 WORDS = ["redis", "celery", "pyramid", "kinto", "broker", "queue", "worker", "index", "order"]

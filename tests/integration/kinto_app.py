@@ -20,7 +20,7 @@ from typing import Any
 from pyramid.httpexceptions import HTTPConflict
 from pyramid.security import NO_PERMISSION_REQUIRED
 
-from examples.processes import ROOT, Process, free_port
+from tests.support.processes import ROOT, Process, free_port
 
 MEMORY_BACKENDS = """
 kinto.storage_backend = kinto.core.storage.memory

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from examples.processes import Process, free_port
+from tests.support.processes import Process, free_port
 
 USER = "postgres"  # the database superuser that initdb creates
 UNPRIVILEGED = "nobody"  # the system user the server runs as when the tests run as root
@@ -64,6 +64,8 @@ def _as_unprivileged() -> dict[str, Any]:
 
 class PostgresServer(Process):
     """``postgres`` as a child process, with a database ``database`` created, at ``url``."""
+
+    stop_signal = signal.SIGINT  # a fast shutdown: without waiting for clients to disconnect
 
     def __init__(
         self, directory: Path, database: str = "notifier", binaries: Path | None = None
@@ -135,7 +137,6 @@ class PostgresServer(Process):
         return self.url_of(name)
 
     def stop(self, timeout: float = 10) -> None:
-        """A fast shutdown (SIGINT: without waiting for clients to disconnect), then remove
-        the data directory."""
-        super().stop(timeout, signal.SIGINT)
+        """A fast shutdown (:attr:`stop_signal`), then remove the data directory."""
+        super().stop(timeout)
         shutil.rmtree(self.home, ignore_errors=True)

@@ -6,7 +6,7 @@ import json
 
 import redis
 
-from examples.processes import wait_until
+from tests.support.processes import wait_until
 
 
 class Received:

@@ -7,17 +7,16 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from examples.processes import RedisServer, wait_until
-from notifier.publisher import task_message
+from notifier.wire.protocol import task_message
 from tasks.broker import AtomicChannel
-from tests.integration.conftest import own_redis_server
+from tests.integration.conftest import module_redis_server
+from tests.support.processes import RedisServer, wait_until
 
 
 class RecordingChannel(AtomicChannel):
@@ -27,11 +26,7 @@ class RecordingChannel(AtomicChannel):
         self.unreadable.append((queue, item, problem))
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = own_redis_server(tmp_path_factory.mktemp("atomic-redis"))
-    yield server
-    server.stop()
+broker = module_redis_server()
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ import json
 import pytest
 import redis
 
-from examples.processes import CeleryWorker, RedisServer, wait_until
 from notifier.publisher import CeleryPublisher
 from notifier.wire.message import encode
+from tests.integration.conftest import worker_starter
+from tests.support.processes import RedisServer, wait_until
 
 VISIBILITY_TIMEOUT = 6  # seconds: short, so that the tests are too
 
@@ -20,23 +21,7 @@ def client(broker):
     return redis.Redis.from_url(broker.url)
 
 
-@pytest.fixture
-def start_worker(broker, tmp_path):
-    started = []
-
-    def start(name: str) -> CeleryWorker:
-        env = {
-            "CELERY_BROKER_URL": broker.url,
-            "NOTIFIER_LISTENERS": "tests.integration.batch_listeners",
-            "NOTIFIER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
-        }
-        worker = CeleryWorker(tmp_path, env, concurrency=1, name=name)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
+start_worker = worker_starter("tests.integration.batch_listeners", VISIBILITY_TIMEOUT)
 
 
 def publish(broker: RedisServer, resource_name: str, count: int, seconds: float = 0) -> list[str]:

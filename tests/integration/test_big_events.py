@@ -7,11 +7,11 @@ import time
 import psutil
 import redis
 
-from examples.processes import CeleryWorker, RedisServer, wait_until
 from notifier.events import AfterResourceChanged
 from notifier.publisher import CeleryPublisher
 from notifier.settings import parse_settings
 from notifier.subscriber import Subscriber
+from tests.support.processes import CeleryWorker, RedisServer, wait_until
 
 RECORDS = 100_000
 MAX_MESSAGE_SIZE = 262_144

@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import redis
 
-from examples.processes import CeleryWorker, RedisServer, wait_until
 from notifier.publisher import CeleryPublisher
 from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
+from tests.integration.conftest import worker_starter
+from tests.support.processes import RedisServer, wait_until
 
 VISIBILITY_TIMEOUT = 6  # seconds: short, so that the tests are too
 
 
-@pytest.fixture
-def start_worker(broker, tmp_path):
-    started = []
-
-    def start(name: str, concurrency: int = 1) -> CeleryWorker:
-        env = {
-            "CELERY_BROKER_URL": broker.url,
-            "NOTIFIER_LISTENERS": "tests.integration.crash_listeners",
-            "NOTIFIER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
-        }
-        worker = CeleryWorker(tmp_path, env, concurrency=concurrency, name=name)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
+start_worker = worker_starter("tests.integration.crash_listeners", VISIBILITY_TIMEOUT)
 
 
 def publish_job(broker: RedisServer, action: str, **payload: object) -> str:

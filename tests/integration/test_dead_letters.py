@@ -8,22 +8,18 @@ or a foreign client would: with redis-cli, and with Celery or kombu speaking som
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import kombu
 import pytest
 import redis
 from celery import Celery
 
-from examples.processes import ROOT, RedisServer, wait_until
 from notifier.wire.message import DISPATCH_TASK, encode
 from tasks.dead_letters import DeadLetter, DeadLetters
+from tests.support.processes import RedisServer, dead_letters_command, wait_until
 
 #: The key that tells tests/integration/listeners.py's fail_until_fixed to stop failing.
 FIXED_KEY = "listeners:fail_until_fixed:fixed"
@@ -51,23 +47,6 @@ def kept(redis_client: redis.Redis, marker: str, count: int = 1) -> list[DeadLet
 
     wait_until(lambda: len(letters()) >= count, 10, f"{count} dead letters about {marker}")
     return letters()
-
-
-def command(env: dict, *argv: str, script: bool = False) -> subprocess.CompletedProcess:
-    """Run notifier-dead-letters (the console script, or python -m) as an operator would."""
-    program = (
-        [str(Path(sys.executable).parent / "notifier-dead-letters")]
-        if script
-        else [sys.executable, "-m", "tasks.dead_letters"]
-    )
-    return subprocess.run(
-        [*program, *argv],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def create_article(web, title: str) -> None:
@@ -214,7 +193,7 @@ def test_a_failed_listeners_letter_replayed_after_the_fix_reaches_that_listener_
     wait_until(lambda: received.by("record_flaky"), 10, "record_flaky getting the event")
 
     flaky_listener_fixed()
-    done = command(
+    done = dead_letters_command(
         {**deployment_env, "NOTIFIER_LISTENERS": "tests.integration.listeners"},
         "replay",
         letter.id,
@@ -243,7 +222,7 @@ def test_replaying_to_a_listener_no_module_names_is_refused_and_the_letter_stays
 ):
     letter = DeadLetters(redis_client).add("boom", {"event_id": "e"}, listener="gone.listener")
 
-    done = command({**deployment_env, "NOTIFIER_LISTENERS": ""}, "replay", letter.id)
+    done = dead_letters_command({**deployment_env, "NOTIFIER_LISTENERS": ""}, "replay", letter.id)
 
     assert done.returncode == 2
     assert "no listener gone.listener here" in done.stderr
@@ -260,9 +239,9 @@ def test_list_show_and_purge_all_on_a_store_of_its_own(tmp_path):
             for n in range(3)
         ]
 
-        listed = command(env, "list", script=True)
-        shown = command(env, "show", letters[1].id, script=True)
-        purged = command(env, "purge", "--all", script=True)
+        listed = dead_letters_command(env, "list", script=True)
+        shown = dead_letters_command(env, "show", letters[1].id, script=True)
+        purged = dead_letters_command(env, "purge", "--all", script=True)
 
         assert listed.returncode == 0, listed.stderr
         assert [line.split()[0] for line in listed.stdout.splitlines()[1:4]] == [
@@ -272,6 +251,6 @@ def test_list_show_and_purge_all_on_a_store_of_its_own(tmp_path):
         assert json.loads(shown.stdout)["attempts"] == 3
         assert (purged.returncode, purged.stdout) == (0, "Purged 3 dead letters; none are left.\n")
         assert len(store) == 0
-        assert command(env, "list", script=True).stdout == "No dead letters.\n"
+        assert dead_letters_command(env, "list", script=True).stdout == "No dead letters.\n"
     finally:
         server.stop()

@@ -10,18 +10,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from examples.processes import CeleryWorker, RedisServer, wait_until
 from notifier.publisher import CeleryPublisher
 from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
-from tests.integration.conftest import own_redis_server
+from tests.integration.conftest import module_redis_server
+from tests.support.processes import CeleryWorker, RedisServer, wait_until
 
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = own_redis_server(tmp_path_factory.mktemp("alone-redis"))
-    yield server
-    server.stop()
+broker = module_redis_server()
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import uuid
 import pytest
 import redis
 
-from examples.processes import CeleryWorker, wait_until
 from notifier.publisher import CeleryPublisher
 from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
 from tests.integration.received import Received
+from tests.support.processes import CeleryWorker, wait_until
 
 LISTENER = "tests.integration.listeners.record_articles"
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from examples.processes import wait_until
 from tests.integration.kinto_app import KintoServer, kinto_request
+from tests.support.processes import wait_until
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "kinto-26-events.jsonl"
 

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 import redis
 
-from examples.processes import ROOT, CeleryWorker, RedisServer, wait_until
 from tests.integration import change_log
 from tests.integration.conftest import own_redis_server
 from tests.integration.convergence import quiet
@@ -37,6 +36,7 @@ from tests.integration.kinto_chaos import (
 )
 from tests.integration.postgres import PostgresServer
 from tests.integration.received import Received
+from tests.support.processes import ROOT, CeleryWorker, RedisServer, wait_until
 
 LISTENER = "record_kinto_changes"
 OUTBOX = "notifier_outbox"

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from examples.processes import CeleryWorker, RedisServer, WebApp, wait_until
 from tests.integration.received import Received
+from tests.support.processes import CeleryWorker, RedisServer, WebApp, wait_until
 
 WRITES = 1000
 BOUND = 1.5  # seconds: the publish timeout (0.5 s) and room for a loaded machine

@@ -12,10 +12,10 @@ from typing import Any
 import redis
 from celery import Celery
 
-from examples.processes import CeleryWorker, RedisServer, WebApp, wait_until
 from notifier.wire.message import DISPATCH_TASK
 from tasks.dead_letters import DeadLetters
 from tests.integration.received import Received
+from tests.support.processes import CeleryWorker, WebApp, wait_until
 
 
 def call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -149,8 +149,7 @@ def test_the_search_index_follows_creates_updates_and_deletes(web, worker):
     wait_until(lambda: found()[0]["body"] == "edited", 20, "the update reaching the index")
 
 
-def test_with_the_broker_down_the_write_request_still_succeeds(tmp_path):
-    broker = RedisServer(tmp_path)
+def test_with_the_broker_down_the_write_request_still_succeeds(broker, tmp_path):
     web = WebApp(tmp_path, {"CELERY_BROKER_URL": broker.url})
     try:
         broker.stop()
@@ -171,7 +170,6 @@ def test_with_the_broker_down_the_write_request_still_succeeds(tmp_path):
         assert call("GET", f"{web.url}/articles/{created['data']['id']}")[0] == 200
     finally:
         web.stop()
-        broker.stop()
 
 
 def test_malformed_messages_end_in_the_dead_letters_and_the_worker_keeps_running(
@@ -197,9 +195,8 @@ def test_malformed_messages_end_in_the_dead_letters_and_the_worker_keeps_running
 
 
 def test_an_event_written_before_any_worker_started_reaches_a_listener_loaded_with_dash_i(
-    tmp_path,
+    broker, tmp_path
 ):
-    broker = RedisServer(tmp_path)
     env = {"CELERY_BROKER_URL": broker.url, "NOTIFIER_ROUTES": "article.*=articles"}
     web = WebApp(tmp_path, env)
     worker = None
@@ -217,4 +214,3 @@ def test_an_event_written_before_any_worker_started_reaches_a_listener_loaded_wi
         if worker is not None:
             worker.stop()
         web.stop()
-        broker.stop()

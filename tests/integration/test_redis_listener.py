@@ -6,19 +6,11 @@ import json
 import signal
 import time
 
-import pytest
 import redis
 from webtest import TestApp
 
 from examples.articles import make_app
-from examples.processes import RedisServer
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
+from tests.support.processes import RedisServer
 
 
 def app_pushing_to(server: RedisServer, tmp_path, **options: str) -> TestApp:
@@ -34,9 +26,9 @@ def app_pushing_to(server: RedisServer, tmp_path, **options: str) -> TestApp:
     return TestApp(make_app(settings))
 
 
-def test_committed_writes_are_pushed_and_popped_in_the_order_they_happened(own_redis, tmp_path):
-    app = app_pushing_to(own_redis, tmp_path)
-    client = redis.Redis.from_url(own_redis.url)
+def test_committed_writes_are_pushed_and_popped_in_the_order_they_happened(broker, tmp_path):
+    app = app_pushing_to(broker, tmp_path)
+    client = redis.Redis.from_url(broker.url)
 
     created = app.post_json("/articles", {"title": "one"}).json["data"]
     app.patch_json(f"/articles/{created['id']}", {"title": "two"})
@@ -54,9 +46,9 @@ def test_committed_writes_are_pushed_and_popped_in_the_order_they_happened(own_r
     }
 
 
-def test_the_impacted_records_are_pushed_when_asked(own_redis, tmp_path):
-    app = app_pushing_to(own_redis, tmp_path, include_impacted="true")
-    client = redis.Redis.from_url(own_redis.url)
+def test_the_impacted_records_are_pushed_when_asked(broker, tmp_path):
+    app = app_pushing_to(broker, tmp_path, include_impacted="true")
+    client = redis.Redis.from_url(broker.url)
 
     created = app.post_json("/articles", {"title": "with records"}).json["data"]
 
@@ -64,25 +56,25 @@ def test_the_impacted_records_are_pushed_when_asked(own_redis, tmp_path):
     assert pushed["impacted_objects"] == [{"new": created}]
 
 
-def test_a_hung_redis_holds_a_write_no_longer_than_the_timeout(own_redis, tmp_path):
-    app = app_pushing_to(own_redis, tmp_path, timeout="0.3")
+def test_a_hung_redis_holds_a_write_no_longer_than_the_timeout(broker, tmp_path):
+    app = app_pushing_to(broker, tmp_path, timeout="0.3")
     app.post_json("/articles", {"title": "warm up"})  # the pool has a connection now
-    own_redis.signal(signal.SIGSTOP)
+    broker.signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
         response = app.post_json("/articles", {"title": "while hung"})
         elapsed = time.monotonic() - started
     finally:
-        own_redis.signal(signal.SIGCONT)
+        broker.signal(signal.SIGCONT)
 
     assert response.status_code == 201
     # kinto-redis holds such a write about 5 s; here the push gives up after 0.3 s.
     assert elapsed < 2
 
 
-def test_a_stopped_redis_does_not_fail_the_write(own_redis, tmp_path, caplog):
-    app = app_pushing_to(own_redis, tmp_path)
-    own_redis.stop()
+def test_a_stopped_redis_does_not_fail_the_write(broker, tmp_path, caplog):
+    app = app_pushing_to(broker, tmp_path)
+    broker.stop()
 
     response = app.post_json("/articles", {"title": "while down"})
 

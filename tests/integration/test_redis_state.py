@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +16,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from examples.processes import ROOT, CeleryWorker, RedisServer, wait_until
 from notifier.publisher import CeleryPublisher
 from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
-from tests.integration.conftest import own_redis_server
+from tests.integration.conftest import module_redis_server, own_redis_server
+from tests.support.processes import CeleryWorker, RedisServer, dead_letters_command, wait_until
 
 LISTENERS = "tests.integration.redis_state_listeners"
 FLAKY = f"{LISTENERS}.fails_then_succeeds"
@@ -35,11 +32,7 @@ VISIBILITY_TIMEOUT = 4  # seconds: a dead worker's messages come back within sec
 TRANSPORT_KEYS = {"unacked", "unacked_index", "unacked_mutex"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = own_redis_server(tmp_path_factory.mktemp("redis-state"))
-    yield server
-    server.stop()
+server = module_redis_server()
 
 
 @pytest.fixture(scope="module")
@@ -121,18 +114,6 @@ def test_the_redis_keys_do_not_grow_with_the_events(worker, server, client):
     assert len(after_10_000) < 20  # the listeners' counters, kombu's bindings, the fleet's
 
 
-def command(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tasks.dead_letters", *argv],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def succeeded(client: redis.Redis, event_id: str) -> list[dict]:
     return [
         done
@@ -151,7 +132,7 @@ def test_a_replayed_dead_letter_runs_with_all_its_attempts(worker, server, clien
     assert (letter.listener, letter.attempts) == (FLAKY, 3)
     assert letter.reason == "RuntimeError: call 3 fails"
 
-    replayed = command(env, "replay", letter.id)
+    replayed = dead_letters_command(env, "replay", letter.id)
 
     assert replayed.returncode == 0, replayed.stderr
     wait_until(lambda: succeeded(client, event_id), 30, "the replayed listener succeeding")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import fakeredis
 import pytest
@@ -13,23 +12,19 @@ import redis
 from celery import Celery
 from kombu import Connection
 
-from examples.processes import RedisServer
-from notifier.publisher import task_message
 from notifier.wire.message import DISPATCH_TASK, encode
+from notifier.wire.protocol import task_message
 from tasks.broker.taking import Taker
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch.task import DispatchRun
+from tasks.dispatch.run import DispatchRun
 from tasks.listeners.registry import Registry
-from tests.integration.conftest import own_redis_server
+from tests.integration.conftest import module_redis_server
+from tests.support.processes import RedisServer
 
 QUEUE = "notifier"
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = own_redis_server(tmp_path_factory.mktemp("taking-redis"))
-    yield server
-    server.stop()
+broker = module_redis_server()
 
 
 @pytest.fixture

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import redis
 
-from examples.processes import CeleryWorker, RedisServer
 from notifier.publisher import CeleryPublisher
 from notifier.wire.message import encode
 from tasks.dead_letters import DeadLetters
 from tests.integration.broker_trace import Monitor, history, where_lost
 from tests.integration.conftest import own_redis_server
 from tests.integration.death_listeners import LISTENERS, RECEIVED
+from tests.support.processes import CeleryWorker, RedisServer
 
 KILLS = int(os.environ.get("NOTIFIER_DEATHS_KILLS", "24"))
 SEED = int(os.environ.get("NOTIFIER_DEATHS_SEED", "11"))
