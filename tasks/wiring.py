@@ -32,7 +32,6 @@ from typing import Any
 
 from celery import Celery
 
-from tasks.app import app as worker_app
 from tasks.broker.taking import Taker, taker_of
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch.bound import DeliveryBound
@@ -52,7 +51,6 @@ __all__ = [
     "wire",
     "wired",
     "wired_or_none",
-    "worker_dead_letters",
 ]
 
 _ATTRIBUTE = "notifier_collaborators"
@@ -140,9 +138,3 @@ def wired_or_none(app: Any) -> Collaborators | None:
     """The collaborators bound to ``app``, if any (``app``: any object, or None)."""
     built = getattr(app, _ATTRIBUTE, None)
     return built if isinstance(built, Collaborators) else None
-
-
-def worker_dead_letters() -> DeadLetters:
-    """The dead letters of the worker's app (:data:`tasks.app.app`), as :func:`wire` built them:
-    for the consumer, which keeps there what it cannot read."""
-    return wired(worker_app).dead_letters

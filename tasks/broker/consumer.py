@@ -54,19 +54,24 @@ from vine import promise as vine_promise
 
 from tasks.broker.consuming import AtomicChannel
 from tasks.broker.versions import internals_checked
-from tasks.wiring import worker_dead_letters as dead_letters
+from tasks.dead_letters import DeadLetters
 
-__all__ = ["Consumer", "dead_letter", "readable"]
+__all__ = ["Consumer", "checking_channel", "dead_letter", "readable"]
 
 logger = logging.getLogger("notifier")
 
 
 def dead_letter(
-    reason: str, message: Any, *, queue: str | None, traceback: str | None = None
+    store: DeadLetters,
+    reason: str,
+    message: Any,
+    *,
+    queue: str | None,
+    traceback: str | None = None,
 ) -> None:
-    """Dead-letter a message the worker could not read; log either way."""
+    """Dead-letter in ``store`` a message the worker could not read; log either way."""
     try:
-        letter = dead_letters().add(reason, message, queue=queue, traceback=traceback)
+        letter = store.add(reason, message, queue=queue, traceback=traceback)
     except redis.RedisError:
         # Nowhere to keep it: the log is the last place it is seen, as with Celery alone.
         logger.exception("%s; could not be kept as a dead letter, dropped: %r", reason, message)
@@ -119,16 +124,23 @@ class Consumer(CeleryConsumer):
         # inherit the answer), so that an unchecked version is logged once per worker.
         self.internals_checked = internals_checked()
 
+    def dead_letters(self) -> DeadLetters:
+        """The worker's dead letters, as the worker's start built them (tasks/wiring.py)."""
+        from tasks.wiring import wired  # the wiring knows the whole worker: imported late
+
+        return wired(self.app).dead_letters
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         queue = _queue_of(message)
         content_type = getattr(message, "content_type", None)
         reason = f"queue {queue!r}: a body that cannot be decoded ({content_type}): {_error(exc)}"
-        dead_letter(reason, _as_received(message), queue=queue)
+        dead_letter(self.dead_letters(), reason, _as_received(message), queue=queue)
         super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         queue = _queue_of(message)
         dead_letter(
+            self.dead_letters(),
             f"queue {queue!r}: not a task message (it names no task)",
             _as_received(message),
             queue=queue,
@@ -140,6 +152,7 @@ class Consumer(CeleryConsumer):
         headers = message.headers if isinstance(message.headers, dict) else {}
         name = headers.get("task")
         dead_letter(
+            self.dead_letters(),
             f"queue {queue!r}: a message for task {name!r}, which this worker does not have",
             _as_received(message),
             queue=queue,
@@ -149,6 +162,7 @@ class Consumer(CeleryConsumer):
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         queue = _queue_of(message)
         dead_letter(
+            self.dead_letters(),
             f"queue {queue!r}: an invalid task message: {_error(exc)}",
             _as_received(message),
             queue=queue,
@@ -173,6 +187,7 @@ class Consumer(CeleryConsumer):
                 # would stop the worker, and come back to stop the next one.
                 queue = _queue_of(message)
                 dead_letter(
+                    self.dead_letters(),
                     f"queue {queue!r}: a task message Celery cannot read: {_error(exc)}",
                     _as_received(message),
                     queue=queue,
@@ -192,23 +207,39 @@ class Consumer(CeleryConsumer):
         # unchecked Celery or kombu: kombu's own channel, and a queue item that is not a kombu
         # message stops the worker, as with Celery alone.
         transport = connection.transport
+        base: type[_CheckingChannel] | None = None
         if self.internals_checked and type(transport) is kombu_redis.Transport:
-            transport.Channel = _CheckingChannel
+            base = _CheckingChannel
         elif self.internals_checked and type(transport) is kombu_redis.SentinelTransport:
-            transport.Channel = _CheckingSentinelChannel
+            base = _CheckingSentinelChannel
+        if base is not None:
+            # One of the two Redis transports, as checked above: both have a Channel.
+            transport.Channel = checking_channel(base, self.dead_letters)  # type: ignore[attr-defined]
         return self.ensure_connected(connection)
 
 
 class _CheckingChannel(AtomicChannel):
     """A Redis channel that takes each message atomically (tasks/broker/consuming.py) and keeps
     a queue item that is not a kombu message as a dead letter, instead of letting it stop the
-    worker."""
+    worker. Its dead letters: what :func:`checking_channel` gives the class."""
+
+    dead_letters: Callable[[], DeadLetters]
 
     def on_unreadable(self, queue: str, item: bytes, problem: str) -> None:
         dead_letter(
-            f"queue {queue!r}: not a Celery message: {problem}", readable(item), queue=queue
+            self.dead_letters(),
+            f"queue {queue!r}: not a Celery message: {problem}",
+            readable(item),
+            queue=queue,
         )
 
 
 class _CheckingSentinelChannel(_CheckingChannel, kombu_redis.SentinelChannel):
     pass
+
+
+def checking_channel(
+    base: type[_CheckingChannel], dead_letters: Callable[[], DeadLetters]
+) -> type[_CheckingChannel]:
+    """The channel class ``base`` (Redis or Sentinel), dead-lettering in ``dead_letters()``."""
+    return type(base.__name__, (base,), {"dead_letters": staticmethod(dead_letters)})

@@ -21,16 +21,15 @@ consumer = importlib.import_module("tasks.broker.consumer")
 
 
 @pytest.fixture
-def store(monkeypatch):
-    store = DeadLetters(fakeredis.FakeRedis())
-    monkeypatch.setattr(consumer, "dead_letters", lambda: store)
-    return store
+def store():
+    return DeadLetters(fakeredis.FakeRedis())
 
 
 @pytest.fixture
-def channel():
+def channel(store):
     # Only what reading a BRPOP reply uses: no connection, no pool.
-    channel = consumer._CheckingChannel.__new__(consumer._CheckingChannel)
+    checking = consumer.checking_channel(consumer._CheckingChannel, lambda: store)
+    channel = checking.__new__(checking)
     channel.global_keyprefix = ""
     channel.sep = KombuChannel.sep
     return channel
@@ -113,7 +112,7 @@ def test_bytes_that_are_not_text_are_kept_as_their_repr(channel, store):
 
 def test_a_kept_message_is_logged_with_its_dead_letter(store, caplog):
     with caplog.at_level(logging.ERROR, logger="notifier"):
-        consumer.dead_letter("queue 'notifier': a reason", "item", queue="notifier")
+        consumer.dead_letter(store, "queue 'notifier': a reason", "item", queue="notifier")
 
     (letter,) = store
     assert f"queue 'notifier': a reason; kept as dead letter {letter.id}" in caplog.text
@@ -124,11 +123,11 @@ class UnreachableStore:
         raise redis.ConnectionError("Connection refused")
 
 
-def test_a_message_that_cannot_be_kept_is_logged_whole(monkeypatch, caplog):
-    monkeypatch.setattr(consumer, "dead_letters", UnreachableStore)
-
+def test_a_message_that_cannot_be_kept_is_logged_whole(caplog):
     with caplog.at_level(logging.ERROR, logger="notifier"):
-        consumer.dead_letter("queue 'notifier': a reason", "the item", queue="notifier")
+        consumer.dead_letter(
+            UnreachableStore(), "queue 'notifier': a reason", "the item", queue="notifier"
+        )
 
     assert "could not be kept as a dead letter, dropped: 'the item'" in caplog.text
 
