@@ -8,7 +8,6 @@ every setting once, when a worker starts, before it imports the listener modules
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from celery import Celery, signals
@@ -22,14 +21,8 @@ from tasks.settings import configure, queue
 __all__ = ["app", "consume", "registry"]
 
 app = Celery("tasks")
-# Read when a setting is first read. Without $CELERY_CONFIG_MODULE, a missing celeryconfig is no
-# error: the defaults are the whole configuration.
-app.config_from_object(
-    defaults.Configuration(
-        os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig"),
-        silent="CELERY_CONFIG_MODULE" not in os.environ,
-    )
-)
+# Read when a setting is first read (tasks/defaults.py), not before.
+app.config_from_object(defaults.Configuration())
 
 
 class _ListenerQueues:

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["Configuration", "from_environment"]
+__all__ = ["Configuration", "config_module", "from_environment"]
 
 
 def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -35,6 +35,10 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
         # again (at once), until its max_retries are spent; then its message goes to the dead
         # letters.
         "task_retry_on_worker_lost": True,
+        # Malformed messages never stop a worker: its consumer dead-letters them
+        # (tasks/broker/consumer.py). A module that names a consumer of its own should derive it
+        # from tasks.broker.consumer.Consumer.
+        "worker_consumer": "tasks.broker.consumer:Consumer",
         "task_soft_time_limit": 240,
         "task_time_limit": 300,
         # The Redis transport hands an unacknowledged message out again once it is older than
@@ -61,29 +65,32 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     }
 
 
+def config_module(environ: Mapping[str, str] = os.environ) -> tuple[str, bool]:
+    """The configuration module's name, and whether it may be missing: ``$CELERY_CONFIG_MODULE``
+    (it must exist), else ``celeryconfig`` (when there is one)."""
+    name = environ.get("CELERY_CONFIG_MODULE")
+    return (name, False) if name else ("celeryconfig", True)
+
+
 class Configuration(Mapping[str, Any]):
     """A worker's settings: :func:`from_environment` with the public names of the configuration
-    module ``module`` over them, read the first time Celery asks (``app.config_from_object``
-    takes a mapping). Celery's own ``add_defaults`` would not do: what it adds wins over the
-    configuration module.
-
-    ``silent``: a module that does not exist is no error (the defaults are the whole
-    configuration); else its ``ModuleNotFoundError`` is raised when Celery first reads a
-    setting.
+    module (:func:`config_module`) over them, read the first time Celery asks
+    (``app.config_from_object`` takes a mapping). Celery's own ``add_defaults`` would not do:
+    what it adds wins over the configuration module. A module that must exist and does not
+    raises its ``ModuleNotFoundError`` then.
     """
 
-    def __init__(self, module: str, *, silent: bool = False) -> None:
-        self.module = module
-        self.silent = silent
+    def __init__(self) -> None:
         self._settings: dict[str, Any] | None = None
 
     def _read(self) -> dict[str, Any]:
         if self._settings is None:
             settings = from_environment()
+            module, silent = config_module()
             try:
-                source = importlib.import_module(self.module)
+                source = importlib.import_module(module)
             except ModuleNotFoundError as exc:
-                if not (self.silent and exc.name == self.module):
+                if not (silent and exc.name == module):
                     raise
             else:
                 settings.update(

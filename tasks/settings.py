@@ -23,6 +23,7 @@ from kombu import Exchange, Queue
 from notifier.errors import ConfigurationError
 from notifier.wire.routing import RoutingTable
 from tasks.builtin.search import register_search_index
+from tasks.defaults import config_module
 from tasks.listeners.registry import Registry
 
 __all__ = [
@@ -40,8 +41,6 @@ VISIBILITY_TIMEOUT_MAX = 24 * 3600
 #: The broker URLs a worker reads: kombu's Redis transport (Sentinel too), and its in-memory one.
 _BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel", "memory")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "")
-#: The consumer that keeps what a worker cannot read as dead letters (tasks/broker/consumer.py).
-CONSUMER = "tasks.broker.consumer:Consumer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +60,7 @@ def configure(app: Celery, registry: Registry) -> WorkerSettings:
     done = getattr(app, "notifier_settings", None)
     if isinstance(done, WorkerSettings):
         return done
-    module = os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig")
+    module, _ = config_module()
     _load(app, module)
     conf = app.conf
     _check_broker_url(conf.broker_url)
@@ -90,11 +89,6 @@ def configure(app: Celery, registry: Registry) -> WorkerSettings:
     }
     # The routing table the web side uses too: the worker consumes every queue it names.
     conf.task_queues = [queue(name) for name in routing.queues]
-    # Malformed messages never stop a worker: its consumer keeps them as dead letters. A
-    # configuration that names a consumer of its own keeps it, and should derive it from
-    # tasks.broker.consumer.Consumer.
-    if conf.worker_consumer == "celery.worker.consumer:Consumer":
-        conf.worker_consumer = CONSUMER
     register_search_index(registry, conf)
     settings = WorkerSettings(
         routing,

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -57,14 +58,10 @@ RETENTION = 30 * 24 * 3600
 
 # The guard's Lua scripts, beside this module: each is ordered_preamble.lua (its ARGV) then
 # its own.
+@cache
 def _script(name: str) -> str:
     here = resources.files(__package__ or "tasks.listeners")
     return (here / "ordered_preamble.lua").read_text() + (here / name).read_text()
-
-
-_CLAIM = _script("ordered_claim.lua")
-_RELEASE = _script("ordered_release.lua")
-_RENEW = _script("ordered_renew.lua")
 
 
 def version_of(last_modified: Any, position: int) -> str:
@@ -147,9 +144,9 @@ class OrderGuard:
         self.wait = wait
         self.lease = lease
         self._sleep = sleep
-        self._claim = client.register_script(_CLAIM)
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
+        self._claim = client.register_script(_script("ordered_claim.lua"))
+        self._release = client.register_script(_script("ordered_release.lua"))
+        self._renew = client.register_script(_script("ordered_renew.lua"))
         self._running: dict[str, Claim] = {}
         self._renewer: threading.Thread | None = None
         self._lock = threading.Lock()
