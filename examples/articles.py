@@ -357,7 +357,7 @@ def batch(request: Request) -> dict[str, Any]:
 
 @view_config(route_name="search", request_method="GET", renderer="json")
 def search(request: Request) -> dict[str, Any]:
-    """Read the index that the workers keep (schema: see ``tasks.builtin.search``)."""
+    """Read the index that the workers keep (schema: see ``tasks.builtin.search_index``)."""
     words = " ".join(f'"{word}"' for word in request.params.get("q", "").split() if '"' not in word)
     path = request.registry.settings["search.index"]
     if not words or not os.path.exists(path):

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from examples.articles import NO_BLOG, Article, Clock, settings_from_environ
-from tasks.builtin.search import SearchIndex
+from tasks.builtin.search_index import SearchIndex
 
 
 def snapshot(url: str) -> tuple[int, list[tuple[dict[str, str], dict[str, Any]]]]:

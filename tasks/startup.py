@@ -26,8 +26,8 @@ from redis.retry import Retry
 from notifier.errors import ConfigurationError
 from notifier.wire.persistence import check_persistence, safe_url
 from notifier.wire.protocol import direct_redis_url
+from tasks.announcing import AnnounceListeners
 from tasks.app import app, registry
-from tasks.fleet import AnnounceListeners
 from tasks.listeners.registry import Registry
 from tasks.settings import configured
 from tasks.wiring import wire

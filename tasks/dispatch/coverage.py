@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from kombu.exceptions import KombuError
 
 from notifier.wire.message import Message
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch.delivery import listener_task_id
+from tasks.dispatch.fan_out import SEND_ERRORS
 from tasks.fleet import Fleet, ListenerSpec
 from tasks.listeners.registry import Listener, Registry
 
@@ -37,8 +37,6 @@ logger = logging.getLogger("notifier")
 #: How long a worker process reuses what it read of the fleet, in seconds: a worker that
 #: starts with a listener the others lack is known to them this long after it announced it.
 VIEW_MAX_AGE = 2.0
-
-_SEND_ERRORS = (KombuError, redis.RedisError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +112,7 @@ class Coverage:
         if entry.consumed:
             try:
                 self.send(spec, message)
-            except _SEND_ERRORS as exc:
+            except SEND_ERRORS as exc:
                 reason += f", and its queue {spec.queue} did not take its task: {exc}"
             else:
                 logger.log(

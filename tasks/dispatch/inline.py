@@ -36,10 +36,8 @@ import logging
 import traceback
 from typing import Any
 
-import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
-from kombu.exceptions import KombuError
 
 from notifier.errors import ListenersNotSent
 from notifier.wire.message import Message
@@ -47,6 +45,7 @@ from tasks.broker.task_stack import running
 from tasks.broker.versions import internals_checked
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch.delivery import listener_task_id
+from tasks.dispatch.fan_out import SEND_ERRORS
 from tasks.listeners.registry import Listener
 
 __all__ = ["run_alone", "runs_in_dispatch"]
@@ -132,7 +131,7 @@ def run_alone(
         except Reject as exc:
             # Task.retry's Reject: its task could not be sent (celery-types lacks Reject's
             # attributes).
-            if isinstance(getattr(exc, "reason", None), _SEND_ERRORS):
+            if isinstance(getattr(exc, "reason", None), SEND_ERRORS):
                 logger.error(
                     "event %s not sent to listener %s: %s", message.event_id, listener.name, exc
                 )
@@ -167,10 +166,6 @@ def run_alone(
     return [listener.name]
 
 
-# What Celery's Task.retry wraps in Reject when the retry's task could not be sent.
-_SEND_ERRORS = (KombuError, redis.RedisError, OSError)
-
-
 def _hand_over(listener: Listener, data: Any, task_id: str) -> None:
     # The attempt that ran in dispatch, whose worker died, was the first.
     _send(listener, data, task_id, retries=1)
@@ -194,6 +189,6 @@ def _send(listener: Listener, data: Any, task_id: str, *, retries: int) -> None:
             queue=listener.queue,
             retries=retries,  # type: ignore[call-arg]  # a message option
         )
-    except _SEND_ERRORS:
+    except SEND_ERRORS:
         logger.exception("event %s not sent to listener %s", task_id, listener.name)
         raise ListenersNotSent([listener.name]) from None

@@ -17,13 +17,12 @@ from kombu.exceptions import OperationalError
 from notifier.errors import ConfigurationError
 from notifier.wire.message import decode
 from notifier.wire.routing import RoutingTable
+from tasks.announcing import AnnounceListeners, Announcer
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch.coverage import VIEW_MAX_AGE, Coverage
 from tasks.dispatch.delivery import Delivery
 from tasks.dispatch.run import DispatchRun
 from tasks.fleet import (
-    AnnounceListeners,
-    Announcer,
     Fleet,
     ListenerSpec,
     WorkerRecord,

@@ -11,7 +11,7 @@ from celery import signals
 
 from notifier.errors import ListenerError
 from notifier.wire.message import encode
-from tasks.builtin.search import SearchIndex
+from tasks.builtin.search_index import SearchIndex
 from tasks.listeners.event import Event, scopes_above
 from tasks.listeners.ordered import OrderGuard
 from tests.unit.builders import fan_out_to

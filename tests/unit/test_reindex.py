@@ -7,7 +7,7 @@ from webtest import TestApp
 
 from examples import reindex
 from examples.articles import make_app
-from tasks.builtin.search import SearchIndex
+from tasks.builtin.search_index import SearchIndex
 from tasks.listeners.event import Event
 from tests.unit.test_example_app import RecordingPublisher
 

@@ -1,4 +1,4 @@
-"""tasks.builtin.search.SearchIndex: the built-in listener's full-text index, in a SQLite file."""
+"""tasks.builtin.search_index.SearchIndex: the search index listener's SQLite full-text index."""
 
 import sqlite3
 from contextlib import closing
@@ -6,7 +6,7 @@ from contextlib import closing
 import pytest
 
 from notifier.wire.message import encode
-from tasks.builtin.search import SearchIndex
+from tasks.builtin.search_index import SearchIndex
 from tasks.listeners.event import Event
 
 
