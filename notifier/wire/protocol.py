@@ -24,6 +24,9 @@ The internals relied on, checked on Celery 5.7.0 and kombu 5.7.0:
 
 A new Celery or kombu release may change either: the tests in ``tests/unit/test_publisher.py``
 compare this message with what Celery's own ``send_task`` writes.
+
+Beside the other internals notifier relies on: docs/internals.md,
+"The protocol writer".
 """
 
 from __future__ import annotations

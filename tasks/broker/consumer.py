@@ -36,6 +36,9 @@ reach further into code that changes between releases.
 On a Celery or kombu whose internals were not checked (:func:`tasks.broker.internals_checked`),
 the channel is kombu's own: step 1 is unguarded, as with Celery alone; steps 2 and 3 keep what
 they fail on as before.
+
+Beside the other internals notifier relies on: docs/internals.md,
+"What a worker cannot read".
 """
 
 from __future__ import annotations

@@ -39,6 +39,9 @@ kombu's acknowledgement, its sweep (``restore_visible``), tasks/broker/visibilit
 dispatch's taker (tasks/broker/taking.py) share that layout. The waits need Redis 6.2 (BLMOVE) to
 end when a message comes. On a Celery or kombu whose internals were not checked
 (:func:`tasks.broker.internals_checked`), the channel and its QoS are kombu's own, as they are.
+
+Beside the other internals notifier relies on: docs/internals.md,
+"Taking a message in one step".
 """
 
 from __future__ import annotations

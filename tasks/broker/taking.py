@@ -37,6 +37,9 @@ and ``unacked_index_key`` transport options and the ``global_keyprefix``; the qu
 priority 0 named after the queue; kombu's envelope (``properties.delivery_tag`` and
 ``delivery_info``). On other versions (:func:`tasks.broker.internals_checked`) there is no
 taker: dispatch takes no more than its own message.
+
+Beside the other internals notifier relies on: docs/internals.md,
+"One dispatch task takes more messages".
 """
 
 from __future__ import annotations

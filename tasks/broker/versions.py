@@ -19,6 +19,9 @@ the versions found and those checked. Off, then:
 
 ``pyproject.toml`` bounds Celery and kombu to the same minor versions; this gate is for an
 install that went past the bounds (``--no-deps``, a constraints file, a vendored copy).
+
+Beside the other internals notifier relies on: docs/internals.md,
+"Versions checked".
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ took and has not acknowledged, and the ``unacked_index`` sorted set, each tag sc
 it was taken, which kombu's sweep (``restore_visible``) reads. On a Celery or kombu whose
 internals were not checked (:func:`tasks.broker.internals_checked`) nothing is refreshed: a
 message held longer than the visibility timeout is handed out again, as with Celery alone.
+
+Beside the other internals notifier relies on: docs/internals.md,
+"Messages a living worker holds stay its own".
 """
 
 from __future__ import annotations

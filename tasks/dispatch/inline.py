@@ -28,6 +28,9 @@ half as many events). So the dispatch task runs it, on these terms:
 - Only on the Celery versions whose task stack was checked (:mod:`tasks.broker.task_stack`,
   :func:`tasks.broker.versions.internals_checked`): on others, every listener runs as its own
   task.
+
+Beside the other internals notifier relies on: docs/internals.md,
+"A lone listener runs in dispatch".
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ thread of the process while the run goes on: a run whose worker died lets go of 
 when its lease lapses, and two deliveries of one message (a redelivery while the first still
 runs) are two runs that take turns. The scripts name keys they were not given, so they need one
 Redis server (not a Cluster), version 5 or newer.
+
+Beside the other internals notifier relies on: docs/internals.md,
+"The ordered listeners' guard".
 """
 
 from __future__ import annotations
