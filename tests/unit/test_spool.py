@@ -200,7 +200,8 @@ def test_a_starting_process_publishes_what_a_process_that_is_gone_left(tmp_path)
     subprocess.run([sys.executable, "-c", LEAVE_A_SPOOL_FILE, str(tmp_path)], check=True)
     broker = Broker()
 
-    Spool(tmp_path, broker.publish, retry=0.01).start()
+    spool = Spool(tmp_path, broker.publish, retry=0.01)
+    spool.start()
 
     deadline = time.monotonic() + 5
     while not broker.published and time.monotonic() < deadline:
@@ -236,12 +237,22 @@ def critical(caplog):
     return [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
 
 
-def said_the_spool_is_empty(caplog):
-    """Whether the spool's thread said last that it published everything: its round is over,
-    and it waits for the next message to keep."""
-    return wait_until(
-        lambda: bool(caplog.records) and caplog.records[-1].getMessage().endswith("spool empty")
-    )
+def said_the_spool_is_empty(caplog, spool):
+    """Whether ``spool``'s thread said last that it published everything: its round is over,
+    and it waits for the next message to keep. Only its own lines count: the threads of other
+    tests' spools may still be logging."""
+
+    def said() -> bool:
+        own = logged_by(spool, caplog)
+        return bool(own) and own[-1].getMessage().endswith("spool empty")
+
+    return wait_until(said)
+
+
+def logged_by(spool, caplog):
+    """The lines ``spool``'s thread logged."""
+    thread = spool._thread
+    return [r for r in caplog.records if thread is not None and r.thread == thread.ident]
 
 
 def full_disk(monkeypatch):
@@ -323,7 +334,7 @@ def test_a_full_disk_loses_nothing_once_the_broker_answers_and_the_spool_empties
         sent.append(article_id)
         subscriber(after_commit(article_id, FakeRequest()))
     assert wait_until(lambda: not spool.holds_messages())
-    assert said_the_spool_is_empty(caplog)
+    assert said_the_spool_is_empty(caplog, spool)
     subscriber(after_commit("c1", FakeRequest()))  # straight to the broker
 
     assert [article_id for article_id, _ in broker.published] == [*sent, "c1"]
@@ -347,7 +358,7 @@ def test_a_read_only_spool_directory_keeps_messages_in_memory_until_the_broker_a
     assert spool.holds_messages()
     broker.up = True
     assert wait_until(lambda: not spool.holds_messages())
-    assert said_the_spool_is_empty(caplog)
+    assert said_the_spool_is_empty(caplog, spool)
     assert broker.published == [("a1", "articles"), ("a2", "articles"), ("a3", "articles")]
 
 
@@ -399,7 +410,7 @@ def test_messages_published_from_a_file_that_cannot_be_changed_are_published_onc
     assert wait_until(lambda: not spool.holds_messages())
     spool.write(message("a3"), "articles")  # nor written: held in memory
     assert wait_until(lambda: not spool.holds_messages())
-    assert said_the_spool_is_empty(caplog)
+    assert said_the_spool_is_empty(caplog, spool)
     time.sleep(0.1)  # rounds enough to publish a1 and a2 again, if it did
     assert broker.published == [("a1", "articles"), ("a2", "articles"), ("a3", "articles")]
 
@@ -428,7 +439,7 @@ def test_a_spool_file_that_cannot_be_read_does_not_stop_the_background_thread(tm
     assert wait_until(lambda: len(about_it()) >= 5)  # a line a round: it keeps trying
     assert [r.levelno for r in about_it() if r.exc_info] == [logging.ERROR]  # one traceback
     repaired.path.rename(corrupt)  # and once it can be read, it is published
-    assert said_the_spool_is_empty(caplog)
+    assert said_the_spool_is_empty(caplog, spool)
     assert broker.published[-1] == ("left-behind", "articles")
     assert about_it()[-1].getMessage().endswith("works again")
 
@@ -449,11 +460,11 @@ def test_an_unexpected_error_of_the_publisher_does_not_stop_the_background_threa
     spool.write(message("a2"), "articles")
 
     assert wait_until(lambda: not spool.holds_messages())
-    assert said_the_spool_is_empty(caplog)
+    assert said_the_spool_is_empty(caplog, spool)
     assert broker.published == [("a1", "articles"), ("a2", "articles")]
     (traceback,) = [r for r in caplog.records if "TypeError: unexpected" in r.getMessage()]
     assert traceback.exc_info[0] is TypeError  # once, though it failed three times
-    assert caplog.records[-1].getMessage() == "published 2 spooled messages; spool empty"
+    assert logged_by(spool, caplog)[-1].getMessage() == "published 2 spooled messages; spool empty"
 
 
 def test_messages_in_a_spool_file_that_cannot_be_read_do_not_hold_later_ones_back(tmp_path):
@@ -481,12 +492,13 @@ def test_a_starting_process_publishes_what_a_process_that_is_gone_left_however_l
     subprocess.run([sys.executable, "-c", LEAVE_A_SPOOL_FILE, str(tmp_path)], check=True)
     broker = Broker(up=False)
 
-    Spool(tmp_path, broker.publish, retry=0.01).start()
+    spool = Spool(tmp_path, broker.publish, retry=0.01)
+    spool.start()
 
     assert wait_until(lambda: broker.attempts >= 5)  # five rounds, and more to come
     broker.up = True
     assert wait_until(lambda: broker.published)
-    assert said_the_spool_is_empty(caplog)
+    assert said_the_spool_is_empty(caplog, spool)
     assert broker.published == [("left-behind", "articles")]
     assert all(len(SpoolFile(path)) == 0 for path in tmp_path.glob("spool-*.sqlite3"))
 
