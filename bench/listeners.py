@@ -1,46 +1,30 @@
-"""The bench worker's listeners (NOTIFIER_LISTENERS=bench.listeners), and the raw Celery task
-they are compared with. They do nothing: what is measured is what delivering an event costs."""
+"""The bench worker's listeners (NOTIFIER_LISTENERS=bench.listeners): for each resource of
+:data:`bench.counting.LISTENERS`, its listeners (1, 2, 3, 5 or 10), and the batch listener.
+Each counts the events it receives (bench/counting.py) and does nothing else: what is
+measured is what delivering an event costs."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
-from tasks import Event, app, listener
-from tasks.app import consume
-
-#: The queue of the raw Celery task, consumed by the bench worker like the listeners' queues.
-RAW_QUEUE = "bench.raw"
+from bench.counting import BATCH_LISTENER, BATCH_RESOURCE, LISTENERS, count
+from tasks import Event, listener
 
 
-@app.task(name="bench.raw_task", queue=RAW_QUEUE)
-def raw_task(message: Any) -> None:
-    """A plain Celery task that takes the same message a listener gets, and does nothing."""
+def _counting(name: str) -> Callable[[Event], None]:
+    def received(event: Event) -> None:
+        count(name)
+
+    received.__qualname__ = received.__name__ = name.rsplit(".", 1)[-1]
+    return received
 
 
-consume(RAW_QUEUE)
+for _resource_name, _names in LISTENERS.items():
+    for _name in _names:
+        listener(_resource_name, name=_name)(_counting(_name))
 
 
-@listener("bench_one")
-def alone(event: Event) -> None:
-    """The one listener of ``bench_one`` events."""
-
-
-@listener("bench_three")
-def first(event: Event) -> None:
-    """One of the three listeners of ``bench_three`` events."""
-
-
-@listener("bench_three")
-def second(event: Event) -> None:
-    """One of the three listeners of ``bench_three`` events."""
-
-
-@listener("bench_three")
-def third(event: Event) -> None:
-    """One of the three listeners of ``bench_three`` events."""
-
-
-@listener("bench_bulk", batch=100)
+@listener(BATCH_RESOURCE, name=BATCH_LISTENER, batch=100)
 def bulk(events: list[Event]) -> None:
-    """The batch listener of ``bench_bulk`` events: up to 100 of them per run, as a bulk index
-    would take them."""
+    """The batch listener: up to 100 events per run, as a bulk index would take them."""
+    count(BATCH_LISTENER, len(events))
