@@ -24,12 +24,11 @@ import redis
 from bench.counting import BATCH_LISTENER, BATCH_RESOURCE, LISTENERS, RAW_TASK
 from bench.drain import Drain, Ledger, Limit, RawCeleryWorker
 from bench.measure import RECORD, Row
-from bench.raw_celery import RAW_QUEUE, SAME_SETTINGS
+from bench.raw_celery import RAW_QUEUE
 from bench.senders import PAYLOAD, celery_sender, subscriber
 from notifier.publisher import CeleryPublisher
 from notifier.wire.message import Message, encode
 from tasks.dead_letters import DeadLetters
-from tasks.defaults import Configuration
 from tasks.listeners.registry import LISTENER_QUEUE
 from tests.support.processes import CeleryWorker, RedisServer, wait_until
 
@@ -75,17 +74,6 @@ class Scenario:
         return f"{statistics.median(self.rates):,.0f} events/s", (
             f"{min(self.rates):,.0f} events/s (slowest round)"
         )
-
-
-def settings_failure() -> str | None:
-    """Where the raw Celery app's settings differ from notifier's workers', or None."""
-    notifier = Configuration()
-    problems = [
-        f"{name} {value!r}, notifier's {notifier[name]!r}"
-        for name, value in SAME_SETTINGS.items()
-        if notifier[name] != value
-    ]
-    return "; ".join(problems) or None
 
 
 def run_round(scenario: Scenario, drain: Drain, ledger: Ledger, limit: Limit, events: int) -> None:
@@ -162,9 +150,6 @@ def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int
             Scenario(LIMIT_ONE, notifier_fill("bench_one", LIMIT_QUEUE), LIMIT_QUEUE, {}, 1),
             Scenario(LIMIT_BATCH, notifier_fill("bench_one", LIMIT_QUEUE), LIMIT_QUEUE, {}, 100),
         ]
-        unlike = settings_failure()
-        if unlike:
-            scenarios[0].failures.append(f"settings unlike notifier's worker: {unlike}")
         for _ in range(rounds):
             for scenario in scenarios:
                 run_round(scenario, drain, ledger, limit, events)
