@@ -133,43 +133,31 @@ class Consumer(CeleryConsumer):
 
         return wired(self.app).dead_letters
 
-    def on_decode_error(self, message: Any, exc: Exception) -> None:
+    def _dead_letter(self, message: Any, what: str, traceback: str | None = None) -> None:
+        # The message as it came, and what was wrong with it, after the queue it came from.
         queue = _queue_of(message)
+        reason = f"queue {queue!r}: {what}"
+        dead_letter(
+            self.dead_letters(), reason, _as_received(message), queue=queue, traceback=traceback
+        )
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
         content_type = getattr(message, "content_type", None)
-        reason = f"queue {queue!r}: a body that cannot be decoded ({content_type}): {_error(exc)}"
-        dead_letter(self.dead_letters(), reason, _as_received(message), queue=queue)
+        self._dead_letter(message, f"a body that cannot be decoded ({content_type}): {_error(exc)}")
         super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        queue = _queue_of(message)
-        dead_letter(
-            self.dead_letters(),
-            f"queue {queue!r}: not a task message (it names no task)",
-            _as_received(message),
-            queue=queue,
-        )
+        self._dead_letter(message, "not a task message (it names no task)")
         super().on_unknown_message(body, message)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        queue = _queue_of(message)
         headers = message.headers if isinstance(message.headers, dict) else {}
         name = headers.get("task")
-        dead_letter(
-            self.dead_letters(),
-            f"queue {queue!r}: a message for task {name!r}, which this worker does not have",
-            _as_received(message),
-            queue=queue,
-        )
+        self._dead_letter(message, f"a message for task {name!r}, which this worker does not have")
         super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        queue = _queue_of(message)
-        dead_letter(
-            self.dead_letters(),
-            f"queue {queue!r}: an invalid task message: {_error(exc)}",
-            _as_received(message),
-            queue=queue,
-        )
+        self._dead_letter(message, f"an invalid task message: {_error(exc)}")
         super().on_invalid_task(body, message, exc)
 
     def create_task_handler(self, promise: Any = vine_promise) -> Callable[..., Any]:
@@ -188,13 +176,10 @@ class Consumer(CeleryConsumer):
                     raise
                 # The boundary that must not fail: whatever else Celery raises on one message
                 # would stop the worker, and come back to stop the next one.
-                queue = _queue_of(message)
-                dead_letter(
-                    self.dead_letters(),
-                    f"queue {queue!r}: a task message Celery cannot read: {_error(exc)}",
-                    _as_received(message),
-                    queue=queue,
-                    traceback=traceback.format_exc(),
+                self._dead_letter(
+                    message,
+                    f"a task message Celery cannot read: {_error(exc)}",
+                    traceback.format_exc(),
                 )
                 if not message.acknowledged:
                     message.ack_log_error(logger, connection_errors)
