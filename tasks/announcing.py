@@ -12,7 +12,7 @@ from celery import bootsteps
 
 from tasks.app import registry as worker_registry
 from tasks.fleet import FLEET_TTL, Fleet, WorkerRecord, record_of, report
-from tasks.settings import configured, dispatch_only
+from tasks.settings import configured
 
 __all__ = ["AnnounceListeners", "Announcer"]
 
@@ -61,18 +61,18 @@ class AnnounceListeners(bootsteps.StartStopStep):
         self.announcer: Announcer | None = None
 
     def start(self, consumer: Any) -> None:
-        conf = consumer.app.conf
+        settings = configured(consumer.app)  # as the worker's start checked them
         consumed = [queue.name for queue in consumer.task_consumer.queues]
         record = record_of(
             consumer.hostname,
             consumed,
             worker_registry,
-            configured(consumer.app).routing.queues,
-            only_dispatches=dispatch_only(conf),
+            settings.routing.queues,
+            only_dispatches=settings.dispatch_only,
         )
         # Started again after a lost broker connection: the same fleet, the queues of now.
         if self.announcer is None:
-            self.announcer = Announcer(Fleet.from_url(conf.notifier_dead_letters_url), record)
+            self.announcer = Announcer(Fleet.from_url(settings.dead_letters_url), record)
         else:
             self.announcer.record = record
         self.announcer.announce()
