@@ -138,6 +138,11 @@ def test_a_worker_that_knows_no_listener_stops_before_its_pool_with_the_error_on
     startup = importlib.import_module("tasks.startup")
     monkeypatch.setattr(startup, "registry", registry)
     monkeypatch.delenv("NOTIFIER_LISTENERS", raising=False)
+    # The settings as the first step of the worker's start checked them (tasks.settings).
+    settings = WorkerSettings(
+        RoutingTable.parse(""), "redis://127.0.0.1:1/0", "redis://127.0.0.1:1/0", 30
+    )
+    monkeypatch.setattr(startup.app, "notifier_settings", settings, raising=False)
     worker = SimpleNamespace(app=startup.app, hostname="w1@host")
 
     with pytest.raises(SystemExit) as stopped, caplog.at_level(logging.CRITICAL, "notifier"):
