@@ -35,9 +35,10 @@ class _ListenerQueues:
 _listener_queues = _ListenerQueues()
 
 
-def consume(queue: str) -> None:
-    """Have workers consume ``queue`` (a listener's) unless ``-Q`` or ``-X`` say otherwise."""
-    _listener_queues.names.add(queue)
+def consume(name: str) -> None:
+    """Have workers consume the queue ``name`` (a listener's) unless ``-Q`` or ``-X`` say
+    otherwise."""
+    _listener_queues.names.add(name)
 
 
 @signals.celeryd_init.connect
