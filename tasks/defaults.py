@@ -56,6 +56,9 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
         # dispatch (to the listeners other workers know): NOTIFIER_DISPATCH_ONLY=true.
         "notifier_dispatch_only": environ.get("NOTIFIER_DISPATCH_ONLY", "false"),
         "notifier_routes": environ.get("NOTIFIER_ROUTES", ""),
+        # The longest average run, in seconds, of a listener that dispatch runs itself
+        # (tasks/dispatch/pace.py); a slower one gets its own task. 0: every listener does.
+        "notifier_inline_budget": environ.get("NOTIFIER_INLINE_BUDGET", "0.005"),
         # None: the broker's Redis (tasks.settings reads the broker URL the worker ends with).
         "notifier_dead_letters_url": environ.get("NOTIFIER_DEAD_LETTERS_URL"),
         "notifier_order_url": environ.get("NOTIFIER_ORDER_URL"),

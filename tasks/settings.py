@@ -24,6 +24,7 @@ from notifier.errors import ConfigurationError
 from notifier.wire.routing import RoutingTable
 from tasks.builtin.search import register_search_index
 from tasks.defaults import config_module
+from tasks.dispatch.pace import INLINE_BUDGET
 from tasks.listeners.registry import Registry
 
 __all__ = [
@@ -52,6 +53,8 @@ class WorkerSettings:
     order_url: str
     visibility_timeout: int
     dispatch_only: bool = False
+    #: The longest average run of a listener that dispatch runs itself, in seconds.
+    inline_budget: float = INLINE_BUDGET
 
 
 def configure(app: Celery, registry: Registry) -> WorkerSettings:
@@ -81,6 +84,8 @@ def configure(app: Celery, registry: Registry) -> WorkerSettings:
     # second).
     timeout = _check_visibility_timeout(conf.notifier_visibility_timeout)
     conf.notifier_visibility_timeout = timeout
+    budget = _check_inline_budget(conf.get("notifier_inline_budget", INLINE_BUDGET))
+    conf.notifier_inline_budget = budget
     conf.broker_transport_options = {
         "unacked_restore_interval": max(1, timeout // 10),
         "unacked_restore_throttle": 1,
@@ -96,6 +101,7 @@ def configure(app: Celery, registry: Registry) -> WorkerSettings:
         conf.notifier_order_url,
         timeout,
         only_dispatches,
+        budget,
     )
     app.notifier_settings = settings  # type: ignore[attr-defined]
     return settings
@@ -203,4 +209,15 @@ def _check_visibility_timeout(value: Any) -> int:
         raise ConfigurationError("NOTIFIER_VISIBILITY_TIMEOUT", value, allowed)
     if not 1 <= seconds <= VISIBILITY_TIMEOUT_MAX:
         raise ConfigurationError("NOTIFIER_VISIBILITY_TIMEOUT", value, allowed)
+    return seconds
+
+
+def _check_inline_budget(value: Any) -> float:
+    allowed = "a number of seconds from 0 (no listener runs in dispatch) to 60; default 0.005"
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError("NOTIFIER_INLINE_BUDGET", value, allowed) from None
+    if isinstance(value, bool) or not 0 <= seconds <= 60:
+        raise ConfigurationError("NOTIFIER_INLINE_BUDGET", value, allowed)
     return seconds

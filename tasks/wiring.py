@@ -12,9 +12,11 @@ guard's Redis URLs, the visibility timeout), before the pool forks. It builds:
 - the broker's taker (:func:`tasks.broker.taking.taker_of`; None where it cannot take as kombu
   does), with which dispatch takes more messages;
 - the coverage (:class:`~tasks.dispatch.coverage.Coverage`) of the listeners other workers know;
-- the run wrappers of the registry (:mod:`tasks.listeners.runs`): the bound on deliveries
-  (:class:`~tasks.dispatch.bound.DeliveryBound`), then the order of ordered listeners
-  (:class:`~tasks.listeners.ordered_runs.OrderedRuns`).
+- the pace of the listeners (:class:`~tasks.dispatch.pace.Pace`), which says which ones are
+  fast enough to run in dispatch;
+- the run wrappers of the registry (:mod:`tasks.listeners.runs`): the pace, which times each
+  run, the bound on deliveries (:class:`~tasks.dispatch.bound.DeliveryBound`), then the order
+  of ordered listeners (:class:`~tasks.listeners.ordered_runs.OrderedRuns`).
 
 Where they are found: on the app, as :mod:`tasks.settings` keeps the settings it checked
 (``app.notifier_collaborators``). The dispatch task reads its own app's (:func:`wired`), and the
@@ -36,6 +38,8 @@ from tasks.broker.taking import Taker, taker_of
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch.bound import DeliveryBound
 from tasks.dispatch.coverage import Coverage
+from tasks.dispatch.inline import Inline
+from tasks.dispatch.pace import INLINE_BUDGET, Pace
 from tasks.fleet import Fleet
 from tasks.listeners.ordered import OrderGuard
 from tasks.listeners.ordered_runs import OrderedRuns
@@ -66,6 +70,9 @@ class Collaborators:
     taker: Taker | None
     coverage: Coverage
     bound: DeliveryBound
+    pace: Pace
+    #: Which listeners dispatch runs itself, by their pace.
+    inline: Inline
     #: The registry's run wrappers, outermost first.
     wrappers: tuple[RunWrapper, ...]
 
@@ -86,6 +93,7 @@ def wire(app: Celery, registry: Registry) -> Collaborators:
         order_guard,
         taker_of(app),
         only_dispatches=settings.dispatch_only,
+        inline_budget=settings.inline_budget,
     )
     bind(app, built)
     return built
@@ -99,10 +107,11 @@ def collaborators(
     *,
     fleet: Fleet | None = None,
     only_dispatches: bool = False,
+    inline_budget: float = INLINE_BUDGET,
 ) -> Collaborators:
     """The collaborators of a worker of ``registry``, around these stores: what :func:`wire`
-    builds from the settings. ``fleet``: the live workers' records (default: beside the dead
-    letters, where workers announce them)."""
+    builds from the settings. ``inline_budget``: the pace's budget. ``fleet``: the live
+    workers' records (default: beside the dead letters, where workers announce them)."""
     bound = DeliveryBound(registry, dead_letters)
     coverage = Coverage(
         fleet or Fleet(dead_letters.client),
@@ -110,8 +119,11 @@ def collaborators(
         dead_letters,
         only_dispatches=only_dispatches,
     )
-    wrappers = (bound, OrderedRuns(order_guard, on_defer=bound.forget))
-    return Collaborators(registry, dead_letters, order_guard, taker, coverage, bound, wrappers)
+    pace = Pace(inline_budget)
+    wrappers = (pace, bound, OrderedRuns(order_guard, on_defer=bound.forget))
+    return Collaborators(
+        registry, dead_letters, order_guard, taker, coverage, bound, pace, Inline(pace), wrappers
+    )
 
 
 def bind(app: Celery, built: Collaborators) -> None:

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from celery.utils.nodenames import anon_nodename
 
-__all__ = ["direct_redis_url", "redis_url", "task_message"]
+__all__ = ["argsrepr", "direct_redis_url", "redis_url", "task_message"]
 
 #: What Celery 5's ``send_task`` puts in every task message besides the task's name and id (task
 #: protocol 2): no eta, no expiry, no group, no time limits, no parent, and ``ignore_result``
@@ -78,7 +79,7 @@ def task_message(task: str, task_id: str, args: list[object], queue: str) -> str
     task_id = json.dumps(task_id)
     headers = (
         f'{{{_SAME_HEADERS}, "task": {json.dumps(task)}, "id": {task_id}, '
-        f'"root_id": {task_id}, "argsrepr": {json.dumps(_argsrepr(args))}}}'
+        f'"root_id": {task_id}, "argsrepr": {json.dumps(argsrepr(args))}}}'
     )
     properties = (
         f'{{"correlation_id": {task_id}, "reply_to": "", "delivery_mode": 2, '
@@ -92,8 +93,9 @@ def task_message(task: str, task_id: str, args: list[object], queue: str) -> str
     )
 
 
-def _argsrepr(args: list[object]) -> str:
-    # Celery's repr of a 1 KB message costs more than sending it, and floods the worker's log.
+def argsrepr(args: Sequence[object]) -> str:
+    """The ``argsrepr`` of a task sent or run with ``args``: what the worker's log shows of
+    them. Celery's repr of a 1 KB message costs more than sending it, and floods the log."""
     message = args[0] if len(args) == 1 else None
     if isinstance(message, dict) and "event_id" in message:
         return (

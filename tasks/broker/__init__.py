@@ -13,8 +13,8 @@
   own (``take_dispatches.lua``).
 - :mod:`tasks.broker.visibility`: a living worker keeps the messages it holds from being handed
   out again.
-- :mod:`tasks.broker.task_stack`: a task's body run inside another task, as Celery's
-  ``current_task``.
+- :mod:`tasks.broker.tracing`: a listener task run inside the dispatch task, through the
+  tracer Celery's worker runs it with.
 
 Each reliance on an internal is named where it is used, with the versions checked; the bounds
 in ``pyproject.toml`` keep Celery and kombu to those versions, and the test command runs the

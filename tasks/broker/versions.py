@@ -14,8 +14,8 @@ the versions found and those checked. Off, then:
 - the dispatch task's taker (tasks/broker/taking.py): one dispatch task per message;
 - the refresh of the messages a worker holds (tasks/broker/visibility.py): a message held
   longer than the visibility timeout is handed out again;
-- inline runs (tasks/dispatch/inline.py, through :mod:`tasks.broker.task_stack`): every
-  listener runs as its own task.
+- listeners run in dispatch (tasks/dispatch/inline.py, through :mod:`tasks.broker.tracing`):
+  every listener runs as its own task.
 
 ``pyproject.toml`` bounds Celery and kombu to the same minor versions; this gate is for an
 install that went past the bounds (``--no-deps``, a constraints file, a vendored copy).

@@ -35,6 +35,8 @@ def fan_out(
     """Send ``message`` to each of ``listeners`` (those that want it), as its own task, and
     return their names. Raises :class:`ListenersNotSent` naming those the broker did not take,
     once the others have it."""
+    if not listeners:
+        return []
     sent: list[str] = []
     not_sent: list[str] = []
     written = [

@@ -1,67 +1,68 @@
-"""A message that only one listener wants: dispatch runs that listener's first attempt itself.
+"""Listeners run in dispatch: the first attempt of each listener that may run here, one after
+another, in the dispatch task itself.
 
-Each listener runs as its own Celery task so that it runs, retries and fails on its own, apart
-from the others. A message that one listener alone wants has no others to be kept apart from;
-sending it a task of its own would only double what the event costs the workers (a second
-task message to publish, take, acknowledge and run: measured in bench/, a worker handles about
-half as many events). So the dispatch task runs it, on these terms:
+Each listener runs, retries and fails on its own, as its own Celery task would. Sending each
+one a task of its own costs the workers a task message per listener and event (to publish,
+take, acknowledge and run): measured in bench/, a worker handling three listeners that way
+keeps up with about a third of the events it keeps up with for one. So the dispatch task runs
+the first attempt of every listener it may, on these terms:
 
-- Only where the listener's own task would run the same way: in a worker that consumes the
-  listener's queue (a worker started with ``-Q`` or ``-X`` that leaves the queue out sends the
-  task, as before), for a listener whose task adds nothing around its run (a plain function,
-  or a plain ``@app.task``: no hooks of its own), without a rate limit or time limits of its
-  own, that does not keep order (``ordered=``, ``parents=``).
-- The run is the listener task's first attempt, with the request its task would have had (its
-  id ``<event_id>:<listener>``, its queue, no retries yet): the bound on deliveries
-  (:class:`tasks.dispatch.bound.DeliveryBound`) counts it, so a worker that dies during it
-  redelivers the dispatch message, which runs the listener again until it has used its attempts,
-  and then dead-letters it.
-- A run that raises is retried as Celery retries the listener's task (``autoretry_for``,
-  backoff, ``max_retries``): Celery sends the task for its second attempt, and from then on the
+- **What may run here** (:func:`runs_in_dispatch`): a listener whose task would run the same
+  way in dispatch. Its queue is one this worker consumes (a worker started with ``-Q`` or ``-X``
+  that leaves it out sends the task, as before); it has no rate limit and no time limits of its
+  own (the dispatch task's, the workers' defaults, bound the run); it keeps no order
+  (``ordered=``, ``parents=``), and is no batch listener.
+- **As fast as the others** (:class:`tasks.dispatch.pace.Pace`): a listener whose runs take
+  longer than the budget on average gets its own task instead, so that it holds back neither
+  the other listeners of the message nor the messages behind it.
+- **The listener task's own first attempt**: each run goes through the tracer Celery's worker
+  runs the listener's task with (:mod:`tasks.broker.tracing`), with the request its task would
+  have had (its id ``<event_id>:<listener>``, its queue, no retries yet, the dispatch task as
+  its parent): the task's hooks are called and Celery's signals sent, as for its own task. A run
+  that raises is retried as Celery retries the listener's task (``autoretry_for``, backoff,
+  ``max_retries``): Celery sends the task for its second attempt, and from then on the
   listener's own task retries and fails as usual. An exception the listener does not retry
-  keeps the message as a dead letter at once, with the traceback, as its task would.
-- A listener that raises Celery's ``Ignore`` is ignored quietly, as its task would be; one that
-  raises ``Reject`` (and does not retry it) has the message dropped, or with ``requeue=True``
-  sent to its task again.
-- Celery's signals about the listener's task (``task_prerun``, ``task_success``...) are not
-  sent for this first attempt; the dispatch task's are.
-- Only on the Celery versions whose task stack was checked (:mod:`tasks.broker.task_stack`,
-  :func:`tasks.broker.versions.internals_checked`): on others, every listener runs as its own
-  task.
+  fails the task for good, and its message is kept as a dead letter, as its own task's would be
+  (tasks/dispatch/failures.py). ``Ignore`` is ignored quietly; ``Reject`` drops the message for
+  that listener, or with ``requeue=True`` sends it to its task again. The other listeners of
+  the message run whatever one of them did.
+- **A worker killed during the runs**: the bound on deliveries counts each run as its task's
+  first attempt (:class:`tasks.dispatch.bound.DeliveryBound`); the dispatch message is handed
+  out again, and then each listener that may run here gets its own task for its second
+  attempt: the listeners that had finished run once more (at least once, never lost).
+- Only on the Celery versions whose tracer was checked (:func:`tasks.broker.internals_checked`):
+  on others, every listener runs as its own task.
 
-Beside the other internals notifier relies on: docs/internals.md,
-"A lone listener runs in dispatch".
+Beside the other internals notifier relies on: docs/internals.md, "Listeners run in dispatch".
 """
 
 from __future__ import annotations
 
 import logging
-import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from celery import Task
-from celery.exceptions import Ignore, Reject, Retry
+from celery import states
 
 from notifier.errors import ListenersNotSent
 from notifier.wire.message import Message
-from tasks.broker.task_stack import running
+from notifier.wire.protocol import argsrepr
+from tasks.broker.tracing import trace
 from tasks.broker.versions import internals_checked
-from tasks.dead_letters import DeadLetters
 from tasks.dispatch.delivery import listener_task_id
 from tasks.dispatch.fan_out import SEND_ERRORS
+from tasks.dispatch.pace import Pace
 from tasks.listeners.registry import Listener
 
-__all__ = ["run_alone", "runs_in_dispatch"]
+__all__ = ["Inline", "Plan", "hand_over", "run_here", "runs_in_dispatch", "send_own_task"]
 
 logger = logging.getLogger("notifier")
 
-# What Celery's worker calls around a task's run, besides the run: a task whose class changes
-# none of these runs the same in dispatch.
-_HOOKS = ("__call__", "before_start", "on_success", "on_failure", "on_retry", "after_return")
-
 
 def runs_in_dispatch(listener: Listener) -> bool:
-    """Whether dispatch may run ``listener``'s first attempt itself (see the module's doc)."""
+    """Whether dispatch may run ``listener``'s first attempt itself, whatever its pace (see the
+    module's doc)."""
     task = listener.task
     queues = task.app.amqp.queues
     consumed = queues.consume_from if queues.consume_from is not None else queues
@@ -75,116 +76,128 @@ def runs_in_dispatch(listener: Listener) -> bool:
         # The dispatch task's time limits, the workers' defaults, bound the run.
         and task.time_limit == task.app.conf.task_time_limit
         and task.soft_time_limit == task.app.conf.task_soft_time_limit
-        and all(getattr(type(task), hook) is getattr(Task, hook) for hook in _HOOKS)
     )
 
 
-def run_alone(
-    message: Message,
-    data: Any,
-    listeners: list[Listener],
-    dead_letters: DeadLetters,
-    *,
-    only: list[str] | None = None,
-    again: bool = False,
-) -> list[str] | None:
-    """Run the one listener of ``listeners`` (those that want ``message``, decoded from
-    ``data``, of those named in ``only``; batch listeners left out), if it alone wants it and
-    may run here; return its name. ``None``: dispatch sends the listener tasks as usual. Batch
-    listeners never run here, and their own tasks keep them apart from this one.
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where each listener of a message runs."""
 
-    ``again``: this dispatch is a retry or a redelivery, so the first attempt ran here already
-    and its worker died: the listener's own task takes over, for its second attempt.
-    """
-    if len(listeners) != 1 or not runs_in_dispatch(listeners[0]):
-        return None
-    [listener] = listeners
-    task = listener.task
-    if again:
-        if only is not None:
-            return None  # a listener dispatch could not send to: send it as usual
-        _hand_over(listener, data, message.task_id)
-        return [listener.name]
-    # The request the listener's task would run with: its retries, the delivery guard and
-    # Celery's retry (its queue, its attempts) read it, and current_task is the listener's.
-    task.push_request(
-        id=listener_task_id(message.task_id, listener.name),
-        args=[data],
-        kwargs={},
-        retries=0,
-        delivery_info={"exchange": "", "routing_key": listener.queue},
-        called_directly=False,
-    )
-    # Celery's current task is the listener's until the run's end is dealt with (a requeue's
-    # task has the listener's task as its parent, as it would from the listener's own task).
-    with running(task):
-        try:
-            task.run(data)
-        except Retry:
-            # Celery sent the listener's task for its next attempt, and logged why.
-            logger.warning(
-                "listener %s failed on event %s in dispatch: its task tries again",
-                listener.name,
-                message.event_id,
-            )
-        except Ignore:
-            # Celery's "ignore this task" (raised by the listener, or by Task.replace): no
-            # failure.
-            logger.info("listener %s ignored event %s in dispatch", listener.name, message.event_id)
-        except Reject as exc:
-            # Task.retry's Reject: its task could not be sent (celery-types lacks Reject's
-            # attributes).
-            if isinstance(getattr(exc, "reason", None), SEND_ERRORS):
-                logger.error(
-                    "event %s not sent to listener %s: %s", message.event_id, listener.name, exc
-                )
-                raise ListenersNotSent([listener.name]) from None
-            # The listener's own: Celery would drop the message, or requeue it (its task, again).
-            logger.warning(
-                "listener %s rejected event %s: %s", listener.name, message.event_id, exc
-            )
-            if getattr(exc, "requeue", False):
-                _requeue(listener, data, message.task_id)
-        except Exception as exc:
-            # Not retried (autoretry_for, dont_autoretry_for, max_retries): failed for good.
-            letter = dead_letters.add(
-                f"{type(exc).__name__}: {exc}",
-                data,
-                listener=listener.name,
-                attempts=1,
-                queue=listener.queue,
-                traceback=traceback.format_exc(),
-            )
-            logger.error("%s failed for good: kept as dead letter %s", listener.name, letter.id)
-        else:
-            logger.info(
-                "event %s (%s %s) run by listener %s in dispatch",
-                message.event_id,
-                message.action,
-                message.resource_name,
-                listener.name,
-            )
-        finally:
-            task.pop_request()
-    return [listener.name]
+    #: Run here, in dispatch, one after another.
+    here: list[Listener] = field(default_factory=list)
+    #: Sent their own task for their second attempt: their first ran here, and its worker died.
+    handed_over: list[Listener] = field(default_factory=list)
+    #: Sent their own task (tasks/dispatch/fan_out.py).
+    sent: list[Listener] = field(default_factory=list)
 
 
-def _hand_over(listener: Listener, data: Any, task_id: str) -> None:
-    # The attempt that ran in dispatch, whose worker died, was the first.
-    _send(listener, data, task_id, retries=1)
-    logger.warning(
-        "listener %s: its first attempt on %s ended with its worker; its task tries again",
-        listener.name,
-        task_id,
-    )
+class Inline:
+    """Which listeners of a message dispatch runs itself, and their runs (see the module's
+    doc). ``pace``: the listeners' run times, in this process."""
+
+    def __init__(self, pace: Pace) -> None:
+        self.pace = pace
+        # What runs_in_dispatch says of each listener: the worker's queues and its listeners'
+        # options are set once it started.
+        self._may_run: dict[str, bool] = {}
+
+    def plan(self, listeners: Sequence[Listener], *, again: bool, only: list[str] | None) -> Plan:
+        """Where each of ``listeners`` (those that want a message; no batch listener) runs.
+
+        ``again``: this dispatch is a retry or a redelivery, so the first attempts of those
+        that may run here ran already, and their worker died: their own tasks take over, for
+        their second attempt. A retry for some listeners (``only``) is for listeners the broker
+        did not take: their tasks are sent as usual."""
+        result = Plan()
+        for listener in listeners:
+            if not self.may_run(listener):
+                result.sent.append(listener)
+            elif again:
+                (result.sent if only is not None else result.handed_over).append(listener)
+            elif self.pace.fits(listener.name):
+                result.here.append(listener)
+            else:
+                result.sent.append(listener)
+        return result
+
+    def may_run(self, listener: Listener) -> bool:
+        """:func:`runs_in_dispatch`, asked once per listener."""
+        may_run = self._may_run.get(listener.name)
+        if may_run is None:
+            may_run = self._may_run[listener.name] = runs_in_dispatch(listener)
+        return may_run
 
 
-def _requeue(listener: Listener, data: Any, task_id: str) -> None:
+def run_here(
+    message: Message, data: Any, listeners: Sequence[Listener], *, hostname: str | None = None
+) -> list[str]:
+    """Run the first attempt of each of ``listeners`` on ``message`` (decoded from ``data``),
+    one after another, each on its own (see the module's doc); return their names. Raises
+    :class:`ListenersNotSent` naming those whose next attempt the broker did not take, once the
+    others ran."""
+    not_sent = []
+    args = (data,)
+    readable = argsrepr(args)
+    for listener in listeners:
+        task_id = listener_task_id(message.task_id, listener.name)
+        request = {
+            "id": task_id,
+            "retries": 0,
+            "delivery_info": {"exchange": "", "routing_key": listener.queue},
+            "hostname": hostname,
+            "is_eager": False,
+            "parent_id": message.task_id,
+            "root_id": message.task_id,
+            "argsrepr": readable,
+            "kwargsrepr": "{}",
+        }
+        traced = trace(listener.task, task_id, args, request)
+        if traced.state == states.REJECTED and not _rejected(listener, data, message, traced):
+            not_sent.append(listener.name)
+    if not_sent:
+        raise ListenersNotSent(not_sent)
+    return [listener.name for listener in listeners]
+
+
+def _rejected(listener: Listener, data: Any, message: Message, traced: Any) -> bool:
+    # A Reject: raised by Task.retry when the broker did not take the next attempt (its reason
+    # the broker's error), or by the listener, for Celery to drop the message or requeue it.
+    # False: the listener's next attempt is not sent.
+    reason = getattr(traced.exception, "reason", None)
+    if isinstance(reason, SEND_ERRORS):
+        logger.error(
+            "event %s not sent to listener %s: %s", message.event_id, listener.name, reason
+        )
+        return False
+    if not getattr(traced.exception, "requeue", False):
+        return True
     # A requeued message is delivered again with the retries it had: none.
-    _send(listener, data, task_id, retries=0)
+    return send_own_task(listener, data, message.task_id, retries=0)
 
 
-def _send(listener: Listener, data: Any, task_id: str, *, retries: int) -> None:
+def hand_over(listeners: Sequence[Listener], data: Any, task_id: str) -> list[str]:
+    """Send each of ``listeners``, whose first attempt on the message of ``task_id`` ran in
+    dispatch and ended with its worker, its own task for the second; return their names.
+    Raises :class:`ListenersNotSent` naming those the broker did not take, once the others have
+    it."""
+    not_sent = []
+    for listener in listeners:
+        if send_own_task(listener, data, task_id, retries=1):
+            logger.warning(
+                "listener %s: its first attempt on %s ended with its worker; its task tries again",
+                listener.name,
+                task_id,
+            )
+        else:
+            not_sent.append(listener.name)
+    if not_sent:
+        raise ListenersNotSent(not_sent)
+    return [listener.name for listener in listeners]
+
+
+def send_own_task(listener: Listener, data: Any, task_id: str, *, retries: int) -> bool:
+    """Send ``listener`` its own task for the message of ``task_id``, as its attempt
+    ``retries`` + 1; False (and logged) when the broker does not take it."""
     try:
         listener.task.apply_async(
             args=(data,),
@@ -194,4 +207,5 @@ def _send(listener: Listener, data: Any, task_id: str, *, retries: int) -> None:
         )
     except SEND_ERRORS:
         logger.exception("event %s not sent to listener %s", task_id, listener.name)
-        raise ListenersNotSent([listener.name]) from None
+        return False
+    return True

@@ -1,13 +1,13 @@
 """One run of the dispatch task: its own message, and the dispatch messages it takes after it.
 
 Each message is handled as the dispatch task handles one: decoded once (a malformed one is
-dead-lettered with the reason); its first attempt run here when one listener alone wants it
-(:mod:`tasks.dispatch.inline`), else one task per listener (:mod:`tasks.dispatch.fan_out`); the
-events of batch listeners collected into one task per listener (:mod:`tasks.dispatch.batches`);
-and handed to the listeners that other live workers know and this one lacks
-(:mod:`tasks.dispatch.coverage`). A taken message is acknowledged once every listener it has was
-sent (or run) and its batches were sent; one that some listener could not be sent is sent again
-to dispatch, for those listeners only, as the dispatch task retries.
+dead-lettered with the reason); the first attempt of each listener that may run in dispatch run
+here, one after another (:mod:`tasks.dispatch.inline`), and one task sent to each of the others
+(:mod:`tasks.dispatch.fan_out`); the events of batch listeners collected into one task per
+listener (:mod:`tasks.dispatch.batches`); and handed to the listeners that other live workers
+know and this one lacks (:mod:`tasks.dispatch.coverage`). A taken message is acknowledged once
+every listener it has was sent or run and its batches were sent; one that some listener could
+not be sent is sent again to dispatch, for those listeners only, as the dispatch task retries.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from tasks.dispatch.coverage import Coverage
 from tasks.dispatch.delivery import Delivery
 from tasks.dispatch.failures import dead_letter_unreadable
 from tasks.dispatch.fan_out import SEND_ERRORS, fan_out
-from tasks.dispatch.inline import run_alone
+from tasks.dispatch.inline import Inline, hand_over, run_here
+from tasks.dispatch.pace import Pace
 from tasks.dispatch.retries import DISPATCH_RETRIES, dispatch_countdown
 from tasks.listeners.registry import Listener, Registry
 
@@ -55,9 +56,11 @@ class DispatchRun:
     ``registry``'s listeners get the messages; ``dead_letters`` take what cannot be handled;
     ``taker`` (the broker's, or None) takes more messages and writes listener tasks in one round
     trip; ``coverage`` (the worker's; None: none) hands messages to the listeners of other
-    workers; ``dispatch`` (the dispatch task; default: the one of ``registry``'s app) is sent
-    again for the listeners a taken message missed; ``clock`` times the taking. The dispatch task
-    gives the collaborators :func:`tasks.wiring.wire` built.
+    workers; ``inline`` (the worker's; default: one of its own) says which listeners run here;
+    ``dispatch`` (the dispatch task; default: the one of ``registry``'s app) is sent again for
+    the listeners a taken message missed; ``hostname`` names the worker in the runs' requests;
+    ``clock`` times the taking. The dispatch task gives the collaborators
+    :func:`tasks.wiring.wire` built.
     """
 
     def __init__(
@@ -68,7 +71,9 @@ class DispatchRun:
         taker: Taker | None = None,
         *,
         coverage: Coverage | None = None,
+        inline: Inline | None = None,
         dispatch: Task[Any, Any] | None = None,
+        hostname: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -76,7 +81,9 @@ class DispatchRun:
         self.queue = queue
         self.taker = taker
         self.coverage = coverage
+        self.inline = inline if inline is not None else Inline(Pace())
         self.dispatch = dispatch
+        self.hostname = hostname
         self.batches = Batches(self._send_batch, SEND_ERRORS)
         self.clock = clock
         self.taken: list[Delivery] = []  # taken, not acknowledged yet
@@ -108,14 +115,17 @@ class DispatchRun:
                 in_batches.append(listener.name)
         if not listeners:
             return in_batches + elsewhere
-        try:
-            again = bool(delivery.retries or delivery.redelivered)
-            ran = run_alone(message, data, listeners, self.dead_letters, only=only, again=again)
-            if ran is None:
-                ran = fan_out(message, listeners, self.taker)
-        except ListenersNotSent as exc:
-            delivery.not_sent.extend(exc.listeners)
-            ran = [listener.name for listener in listeners if listener.name not in exc.listeners]
+        again = bool(delivery.retries or delivery.redelivered)
+        where = self.inline.plan(listeners, again=again, only=only)
+        # Their own tasks first: other processes run them while this one runs the others.
+        sent = where.sent
+        ran = _noting_not_sent(delivery, sent, lambda: fan_out(message, sent, self.taker))
+        handed = where.handed_over
+        ran += _noting_not_sent(delivery, handed, lambda: hand_over(handed, data, message.task_id))
+        here = where.here
+        ran += _noting_not_sent(
+            delivery, here, lambda: run_here(message, data, here, hostname=self.hostname)
+        )
         return ran + in_batches + elsewhere
 
     def take_more(self) -> None:
@@ -258,3 +268,16 @@ class DispatchRun:
             self.taker.send([(listener.task.name, task_id, messages, listener.queue)])
         else:
             listener.task.apply_async(args=(messages,), task_id=task_id, queue=listener.queue)
+
+
+def _noting_not_sent(
+    delivery: Delivery, listeners: list[Listener], step: Callable[[], object]
+) -> list[str]:
+    # The names of ``listeners`` that ``step`` sent or ran; those the broker did not take are
+    # noted on ``delivery``, for dispatch to try again.
+    try:
+        step()
+    except ListenersNotSent as exc:
+        delivery.not_sent.extend(exc.listeners)
+        return [listener.name for listener in listeners if listener.name not in exc.listeners]
+    return [listener.name for listener in listeners]

@@ -51,7 +51,9 @@ def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) 
         queue,
         built.taker if queue is not None else None,
         coverage=built.coverage,
+        inline=built.inline,
         dispatch=self,
+        hostname=self.request.hostname,
     )
     try:
         sent = run.handle(own)

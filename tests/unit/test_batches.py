@@ -9,7 +9,7 @@ from notifier.errors import ListenerError
 from notifier.wire.message import DISPATCH_TASK, encode
 from notifier.wire.message import split as split_event
 from notifier.wire.protocol import task_message
-from tasks.broker.task_stack import running
+from tasks.broker.tracing import trace
 from tasks.dispatch.batches import batch_task_id
 from tasks.dispatch.delivery import Delivery
 from tasks.dispatch.run import DispatchRun
@@ -183,19 +183,13 @@ def test_fan_out_alone_sends_a_batch_listener_its_message_as_a_batch_of_one(
 
 
 def run_in_worker(task, messages, retries=0, redelivered=False):
-    """Run a batch task as a worker would: with its request on Celery's task stack."""
-    task.push_request(
-        id="batch-1",
-        args=[messages],
-        retries=retries,
-        delivery_info={"routing_key": "q", "redelivered": redelivered},
-        called_directly=False,
-    )
-    try:
-        with running(task):
-            return task.run(messages)
-    finally:
-        task.pop_request()
+    """Run a batch task as a worker would (through Celery's tracer); return its state."""
+    request = {
+        "id": "batch-1",
+        "retries": retries,
+        "delivery_info": {"routing_key": "q", "redelivered": redelivered},
+    }
+    return trace(task, "batch-1", (messages,), request).state
 
 
 @pytest.fixture
@@ -218,7 +212,7 @@ def test_a_batch_that_raises_goes_on_as_one_task_per_event_for_its_first_retry(r
     record(task)
     messages = [message(1), message(2)]
 
-    assert run_in_worker(task, messages) is None
+    assert run_in_worker(task, messages) == "SUCCESS"
 
     assert [options["args"] for options in sent] == [(messages[0],), (messages[1],)]
     assert [options["task_id"] for options in sent] == [

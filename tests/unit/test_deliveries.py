@@ -392,7 +392,9 @@ def test_the_task_sent_back_to_its_queue_carries_the_headers_the_registry_is_giv
     assert (sent["task_id"], sent["retries"]) == ("e1:ordered", 1)
 
 
-def test_the_workers_registry_orders_listeners_and_carries_their_deferred_counts(app, registry):
+def test_the_workers_registry_times_orders_listeners_and_carries_their_deferred_counts(
+    app, registry
+):
     # The settings as a worker's start checked them (tasks.settings.configure); the URLs are
     # parsed, never connected to.
     app.notifier_settings = WorkerSettings(
@@ -401,7 +403,8 @@ def test_the_workers_registry_orders_listeners_and_carries_their_deferred_counts
 
     built = wire(app, registry)
 
-    bound, ordered = registry.wrappers
+    pace, bound, ordered = registry.wrappers
+    assert pace is built.pace
     assert ordered.guard is built.order_guard
     assert ordered.on_defer == bound.forget
     assert bound is built.bound

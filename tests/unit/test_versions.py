@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import fakeredis
 import kombu
 import pytest
-from celery import Celery, current_task
+from celery import Celery, current_task, signals
 from kombu.transport import redis as kombu_redis
 
 from tasks.broker import internals_checked, versions
 from tasks.broker.consumer import Consumer, _CheckingChannel
 from tasks.broker.consuming import AtomicChannel
 from tasks.broker.taking import taker_of
-from tasks.broker.task_stack import running
+from tasks.broker.tracing import trace
 from tasks.broker.visibility import KeepDeliveriesVisible
 
 UNCHECKED = {"celery": "5.8.0", "kombu": "5.7.0"}
@@ -203,28 +203,43 @@ def test_every_shortcut_off_is_one_warning(unchecked, fake_redis_channels, caplo
     assert len(gate_warnings(caplog)) == 1
 
 
-# Celery's task stack, the one Celery internal an inline run uses. ------------------------------
+# Celery's tracer, through which dispatch runs a listener's task. -------------------------------
 
 
-def test_running_makes_the_task_celery_s_current_task():
+def test_a_traced_run_inside_another_task_sees_its_own_task_and_request_then_gives_them_back():
     app = Celery("versions", set_as_current=False)
+    seen = []
 
-    @app.task(name="versions.inline")
-    def inline():
-        return None
+    @app.task(name="versions.listener", bind=True)
+    def listener(self, data):
+        seen.append((current_task._get_current_object(), self.request.id, self.request.retries))
 
-    with running(inline):
-        assert current_task._get_current_object() is inline
-    assert current_task._get_current_object() is not inline
+    @app.task(name="versions.dispatch", bind=True)
+    def dispatch(self):
+        traced = trace(listener, "e1:listener", ("data",), {"id": "e1:listener", "retries": 0})
+        seen.append((current_task._get_current_object(), self.request.id, traced.state))
+
+    trace(dispatch, "e1", (), {"id": "e1"})
+
+    assert seen == [(listener, "e1:listener", 0), (dispatch, "e1", "SUCCESS")]
 
 
-def test_running_pops_the_task_when_its_block_raises():
+def test_a_traced_run_that_raises_ends_failed_with_its_exception_and_celery_s_signal():
     app = Celery("versions", set_as_current=False)
+    failures = []
 
-    @app.task(name="versions.inline_that_raises")
-    def inline():
-        return None
+    @app.task(name="versions.fails")
+    def fails(data):
+        raise ValueError("the index is gone")
 
-    with pytest.raises(ValueError, match="in the run"), running(inline):
-        raise ValueError("in the run")
-    assert current_task._get_current_object() is not inline
+    def on_failure(sender=None, task_id=None, exception=None, **kwargs):
+        failures.append((sender, task_id, exception))
+
+    signals.task_failure.connect(on_failure, weak=False)
+    try:
+        traced = trace(fails, "e1:fails", ("data",), {"id": "e1:fails"})
+    finally:
+        signals.task_failure.disconnect(on_failure)
+
+    assert (traced.state, str(traced.exception)) == ("FAILURE", "the index is gone")
+    assert failures == [(fails, "e1:fails", traced.exception)]

@@ -1,0 +1,53 @@
+"""Running a listener task's body inside the dispatch task, as Celery's worker runs a task.
+
+Dispatch runs the first attempt of the listeners it may run itself (tasks/dispatch/inline.py).
+Each such run must be what the listener's own task would be in the worker: the same request
+pushed (its id, its queue, its attempts), Celery's ``current_task`` the listener's (which
+``Task.retry``, ``autoretry_for`` and the listener's own code read), the task's hooks called,
+and Celery's signals sent (``task_prerun``, ``task_success``, ``task_retry``, ``task_failure``,
+``task_postrun``), so that what is built on them (the dead letters of a listener that failed for
+good, tasks/dispatch/signals.py; an operator's tracing and metrics) sees every run, whichever
+path ran it. Celery's worker gets all of that from the tracer it builds for each task; :func:`trace`
+runs the listener's task through that same tracer.
+
+Relied on, checked on Celery 5.7.0: ``celery.app.trace.trace_task`` (in that module's
+``__all__``) runs a task's tracer (``Task.__trace__``, which the worker's pool process builds
+for every task at its start; built here when missing), and it nests: run inside another task's
+run, it pushes the listener's task and request onto Celery's stacks and pops them when it
+returns, leaving the dispatch task's as they were; it returns ``(retval, info, runtime, retstr)``
+where ``info`` is None after a success, else a ``TraceInfo`` whose ``state`` and ``retval`` (the
+exception) say how the run ended. Only on the versions :func:`tasks.broker.internals_checked`
+accepts: on others, dispatch runs no listener inline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from celery import states
+from celery.app.trace import trace_task
+
+__all__ = ["Traced", "trace"]
+
+
+@dataclass(frozen=True, slots=True)
+class Traced:
+    """How one traced run of a task ended."""
+
+    #: Celery's state of the run: SUCCESS, RETRY, FAILURE, IGNORED or REJECTED.
+    state: str
+    #: What ended it, unless it succeeded: the task's exception, Celery's Retry, Ignore or Reject.
+    exception: BaseException | None = None
+
+
+def trace(task: Any, task_id: str, args: tuple[Any, ...], request: dict[str, Any]) -> Traced:
+    """Run ``task`` with ``args`` as Celery's worker runs it, under ``request`` (the message's
+    request: its ``id`` is ``task_id``, its ``delivery_info``, its ``retries``)."""
+    _retval, info, _runtime, _retstr = trace_task(
+        task, task_id, args, {}, request, app=task.app, hostname=request.get("hostname")
+    )
+    if info is None:
+        return Traced(states.SUCCESS)
+    exception = info.retval if isinstance(info.retval, BaseException) else None
+    return Traced(info.state, exception)
