@@ -24,8 +24,6 @@ FENCED = ("tasks/broker/", "notifier/wire/protocol.py")
 #: outside the fence names them, as an attribute or a string (getattr).
 INTERNALS = frozenset(
     {
-        # celery._state's task stack (tasks/broker/task_stack.py)
-        "_task_stack",
         # kombu's Redis channel and QoS (tasks/broker/consuming.py, consumer.py, visibility.py)
         "_delivered",
         "_brpop_start",

@@ -65,6 +65,14 @@ def start_worker_side(code=START, **environ):
             )
             for value in ("abc", "0", "-5", "1.5", "86401", "")
         ],
+        *[
+            (
+                {"NOTIFIER_INLINE_BUDGET": value},
+                f"NOTIFIER_INLINE_BUDGET = {value!r} is not valid: a number of seconds from 0 "
+                "(no listener runs in dispatch) to 60; default 0.005",
+            )
+            for value in ("5ms", "-0.001", "61", "nan", "")
+        ],
         (
             {"CELERY_BROKER_URL": "localhost:6379"},
             "CELERY_BROKER_URL = 'localhost:6379' is not valid: a URL whose scheme is one of "
@@ -123,6 +131,11 @@ def start_worker_side(code=START, **environ):
         "visibility-timeout-fraction",
         "visibility-timeout-over-a-day",
         "visibility-timeout-empty",
+        "inline-budget-with-a-unit",
+        "inline-budget-negative",
+        "inline-budget-over-a-minute",
+        "inline-budget-nan",
+        "inline-budget-empty",
         "broker-url-no-scheme",
         "broker-url-another-transport",
         "broker-url-failover-bad-port",
@@ -161,6 +174,18 @@ def test_the_visibility_timeout_sets_the_transports_and_its_sweep():
 
     assert started.returncode == 0, started.stderr
     assert started.stdout.split() == ["45", "45", "4"]
+
+
+def test_the_inline_budget_is_the_pace_dispatch_keeps_its_listeners_to():
+    started = start_worker_side(
+        f"{START}; from tasks.app import app; from tasks.wiring import wire; "
+        "from tasks.listeners.registry import Registry; "
+        "print(app.conf.notifier_inline_budget, wire(app, Registry(app)).pace.budget)",
+        NOTIFIER_INLINE_BUDGET="0.02",
+    )
+
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.split() == ["0.02", "0.02"]
 
 
 def test_a_configuration_module_that_imports_a_missing_module_says_which(tmp_path):
