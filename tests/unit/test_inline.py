@@ -12,6 +12,8 @@ from celery.exceptions import Ignore, Reject
 
 from tasks.dispatch import signals as _signals  # noqa: F401  (connects the signal handlers)
 from tasks.dispatch.delivery import Delivery
+from tasks.dispatch.inline import Inline
+from tasks.dispatch.pace import Pace
 from tasks.dispatch.run import DispatchRun
 from tests.unit.builders import message
 
@@ -307,6 +309,18 @@ def test_on_a_celery_whose_internals_were_not_checked_each_listener_runs_as_its_
     )
 
     handle(wired, message())
+
+    assert received == []
+    assert [name for name, _ in sent] == ["search", "mail"]
+
+
+def test_with_a_budget_of_zero_every_listener_gets_its_own_task(registry, dead_letters, sent):
+    received = []
+    consumed(registry, sent, received.append, "search")
+    consumed(registry, sent, received.append, "mail")
+    run = DispatchRun(registry, dead_letters, None, inline=Inline(Pace(budget=0)))
+
+    run.handle(Delivery(message()))
 
     assert received == []
     assert [name for name, _ in sent] == ["search", "mail"]
