@@ -6,11 +6,14 @@ listener of every message behind it. So each run of a listener's task, in dispat
 task, is timed, and :class:`Pace` keeps a moving average of each listener's run time. A listener
 whose average is over the budget (``NOTIFIER_INLINE_BUDGET``, 5 ms unless set) gets its own task
 for each message, on its own queue, until its average comes back under the budget: its runs in
-its own task keep being timed.
+its own task keep being timed, and once every :data:`RETRY_AFTER` times its average, one of its
+runs is tried in dispatch again (so that a slow listener costs the others at most 1 % of their
+time, and one that was slow by accident comes back).
 
 The averages are those of one process (each pool process keeps its own, from the runs it saw):
-nothing is shared, and a new process starts with none, so that a listener's first run in it is
-in dispatch, when it may run there at all.
+nothing is shared. A process's first run of each listener is not counted, for it may pay for
+what the listener does once (connecting to a database, filling a cache): a listener slower
+than the budget runs twice in dispatch in each process before it gets its own task.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from typing import Any
 
 from tasks.listeners.runs import ListenerRun
 
-__all__ = ["INLINE_BUDGET", "Pace"]
+__all__ = ["INLINE_BUDGET", "RETRY_AFTER", "Pace"]
 
 #: The default budget, in seconds: the longest average run a listener may have and still run
 #: in dispatch.
 INLINE_BUDGET = 0.005
+#: After how many times its average a listener too slow for dispatch is tried there again.
+RETRY_AFTER = 100
 #: The weight of the newest run in a listener's moving average: about the last ten runs count.
 _WEIGHT = 0.2
 
@@ -33,7 +38,7 @@ _WEIGHT = 0.2
 class Pace:
     """The moving average of each listener's run time, in this process (see the module's doc);
     a run wrapper (:mod:`tasks.listeners.runs`) that times each run. ``budget``: the longest
-    average of a listener that may run in dispatch (0: none may)."""
+    average of a listener that may run in dispatch (0: none may); ``clock`` times the runs."""
 
     def __init__(
         self, budget: float = INLINE_BUDGET, clock: Callable[[], float] = time.perf_counter
@@ -41,6 +46,8 @@ class Pace:
         self.budget = budget
         self.clock = clock
         self._averages: dict[str, float] = {}
+        self._warmed: set[str] = set()  # listeners whose first run in this process ended
+        self._retry_at: dict[str, float] = {}  # when a listener too slow is tried again
 
     def __call__(self, run: ListenerRun, proceed: Callable[[ListenerRun], Any]) -> Any:
         started = self.clock()
@@ -50,20 +57,36 @@ class Pace:
             self.record(run.listener.name, self.clock() - started)
 
     def record(self, name: str, seconds: float) -> None:
-        """Count one run of listener ``name`` that took ``seconds``."""
+        """Count one run of listener ``name`` that took ``seconds`` (its first in this
+        process is not counted)."""
+        if name not in self._warmed:
+            self._warmed.add(name)
+            return
         average = self._averages.get(name)
         self._averages[name] = (
             seconds if average is None else average + _WEIGHT * (seconds - average)
         )
 
     def average(self, name: str) -> float | None:
-        """The moving average of listener ``name``'s runs, in seconds; None before its first."""
+        """The moving average of listener ``name``'s runs, in seconds; None before any is
+        counted."""
         return self._averages.get(name)
 
     def fits(self, name: str) -> bool:
-        """Whether listener ``name`` may run in dispatch: its runs fit the budget on average (a
-        listener not run yet in this process is given the benefit of the doubt)."""
+        """Whether listener ``name`` may run in dispatch now: its runs fit the budget on
+        average (a listener not timed yet in this process is given the benefit of the doubt),
+        or it is time to try a slow one again."""
         if self.budget <= 0:
             return False
         average = self._averages.get(name)
-        return average is None or average <= self.budget
+        if average is None or average <= self.budget:
+            self._retry_at.pop(name, None)
+            return True
+        now = self.clock()
+        retry_at = self._retry_at.get(name)
+        if retry_at is not None and now < retry_at:
+            return False
+        # Found too slow just now, or its time to be tried again has come: either way, the next
+        # try is a hundred times its average away.
+        self._retry_at[name] = now + average * RETRY_AFTER
+        return retry_at is not None
