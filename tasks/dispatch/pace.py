@@ -13,7 +13,10 @@ time, and one that was slow by accident comes back).
 The averages are those of one process (each pool process keeps its own, from the runs it saw):
 nothing is shared. A process's first run of each listener is not counted, for it may pay for
 what the listener does once (connecting to a database, filling a cache): a listener slower
-than the budget runs twice in dispatch in each process before it gets its own task.
+than the budget runs twice in dispatch in each process before it gets its own task. And a run
+counts as twice the budget at most, so that one stall of the whole machine (every process's
+run of a fast listener taking 45 ms at once, seen in bench/) does not send a fast listener out
+of dispatch: one that turns slow does after three slow runs in a row.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Pace:
         self._averages: dict[str, float] = {}
         self._warmed: set[str] = set()  # listeners whose first run in this process ended
         self._retry_at: dict[str, float] = {}  # when a listener too slow is tried again
+        self._last: dict[str, float] = {}  # the last counted run of each listener, in seconds
 
     def __call__(self, run: ListenerRun, proceed: Callable[[ListenerRun], Any]) -> Any:
         started = self.clock()
@@ -62,14 +66,16 @@ class Pace:
         if name not in self._warmed:
             self._warmed.add(name)
             return
+        self._last[name] = seconds
+        counted = min(seconds, 2 * self.budget)
         average = self._averages.get(name)
         self._averages[name] = (
-            seconds if average is None else average + _WEIGHT * (seconds - average)
+            counted if average is None else average + _WEIGHT * (counted - average)
         )
 
     def average(self, name: str) -> float | None:
-        """The moving average of listener ``name``'s runs, in seconds; None before any is
-        counted."""
+        """The moving average of listener ``name``'s runs, in seconds (each counted as twice
+        the budget at most); None before any is counted."""
         return self._averages.get(name)
 
     def fits(self, name: str) -> bool:
@@ -87,6 +93,6 @@ class Pace:
         if retry_at is not None and now < retry_at:
             return False
         # Found too slow just now, or its time to be tried again has come: either way, the next
-        # try is a hundred times its average away.
-        self._retry_at[name] = now + average * RETRY_AFTER
+        # try is a hundred times its runs away.
+        self._retry_at[name] = now + max(average, self._last.get(name, 0.0)) * RETRY_AFTER
         return retry_at is not None

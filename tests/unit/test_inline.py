@@ -226,6 +226,19 @@ def test_a_listeners_first_run_in_a_process_does_not_count_against_it():
     assert pace.fits("search")
 
 
+def test_one_stall_does_not_send_a_fast_listener_out_of_dispatch_three_slow_runs_do():
+    pace = Pace(budget=0.005)
+    for _ in range(11):
+        pace.record("search", 0.0005)
+
+    pace.record("search", 0.045)  # the whole machine stalled
+    assert pace.fits("search")
+
+    pace.record("search", 0.045)
+    pace.record("search", 0.045)
+    assert not pace.fits("search")
+
+
 def test_a_slow_listener_comes_back_to_dispatch_once_its_runs_are_fast_again():
     pace = Pace(budget=0.005)
     pace.record("mail", 0.05)
