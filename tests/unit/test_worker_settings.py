@@ -188,6 +188,29 @@ def test_the_inline_budget_is_the_pace_dispatch_keeps_its_listeners_to():
     assert started.stdout.split() == ["0.02", "0.02"]
 
 
+def test_a_worker_takes_dispatch_messages_before_its_listeners_own_tasks(tmp_path):
+    started = start_worker_side(
+        f"{START}; from types import SimpleNamespace; from celery import signals; "
+        "from tasks.app import app; "
+        # What the worker's start does once it loaded every listener module.
+        "signals.celeryd_after_setup.send(sender='w', instance=SimpleNamespace(app=app), "
+        "conf=app.conf); "
+        "print(app.conf.broker_transport_options['queue_order_strategy'], *app.amqp.queues)",
+        NOTIFIER_ROUTES="article.*=articles",
+        NOTIFIER_SEARCH_RESOURCES="article",
+        NOTIFIER_SEARCH_INDEX=str(tmp_path / "index.sqlite3"),
+    )
+
+    assert started.returncode == 0, started.stderr
+    # kombu's priority order: each queue in the order the worker consumes them.
+    assert started.stdout.split() == [
+        "priority",
+        "articles",
+        "notifier",
+        "notifier.listener.notifier.search_index",
+    ]
+
+
 def test_a_configuration_module_that_imports_a_missing_module_says_which(tmp_path):
     (tmp_path / "myconfig.py").write_text("import no_such_dependency\n")
 
