@@ -28,11 +28,23 @@ LISTENERS: dict[str, tuple[str, ...]] = {
 #: The resource of the batch listener, and its name.
 BATCH_RESOURCE = "bench_bulk"
 BATCH_LISTENER = "bench.listeners.bulk"
+#: The resource of the row with a slow neighbour: two listeners that count, as the others do
+#: (:data:`BESIDE_SLOW`), and one that sleeps :data:`SLOW_SECONDS` per event, then counts.
+SLOW_RESOURCE = "bench_slow"
+BESIDE_SLOW = ("bench.listeners.beside_slow_1", "bench.listeners.beside_slow_2")
+SLOW_LISTENER = "bench.listeners.slow"
+SLOW_SECONDS = 0.05
 #: The raw Celery task's name (bench/raw_celery.py).
 RAW_TASK = "bench.raw_task"
 
-#: Every counter: the listeners', the batch listener's and the raw task's.
-COUNTERS = (*(name for names in LISTENERS.values() for name in names), BATCH_LISTENER, RAW_TASK)
+#: Every counter: the listeners', the batch listener's, the slow neighbour row's, the raw task's.
+COUNTERS = (
+    *(name for names in LISTENERS.values() for name in names),
+    BATCH_LISTENER,
+    *BESIDE_SLOW,
+    SLOW_LISTENER,
+    RAW_TASK,
+)
 
 
 def key(name: str) -> str:

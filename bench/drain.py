@@ -1,7 +1,8 @@
 """How the worker rows (bench/workers.py) time a drain and check what it measured: the clock
-(:class:`Drain`), the counts and dead letters compared after each drain (:class:`Ledger`), the
-raw Celery worker (:class:`RawCeleryWorker`) and the bare loop of the physical limit
-(:class:`Limit`, bench/limit.py)."""
+(:class:`Drain`; for the row with a slow neighbour, :meth:`Drain.run_until`, then
+:meth:`Drain.purge` and :meth:`Drain.settle`), the counts and dead letters compared after each
+drain (:class:`Ledger`), the raw Celery worker (:class:`RawCeleryWorker`) and the bare loop of
+the physical limit (:class:`Limit`, bench/limit.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from tests.support.processes import CeleryWorker, Process, RedisServer, wait_unt
 
 #: How long a drained worker's counts may lag behind its queues (:meth:`Drain.run`).
 COUNT_WAIT = 5
+#: How many polls, this many seconds apart, a settled worker stays idle with the same counts.
+SETTLE_POLLS, SETTLE_EVERY = 5, 0.02
 
 
 class Drain:
@@ -74,6 +77,41 @@ class Drain:
             if now > deadline:
                 raise TimeoutError("the worker did not drain its queues within 300 s")
             time.sleep(0.002)
+
+    def run_until(self, fill: Callable[[], None], queue: str, counted: Callable[[], bool]) -> float:
+        """Seconds from the move until ``counted``, whatever the worker still holds: the clock
+        of listeners that share their events with a slower one, stopped when they are done,
+        not when it is."""
+        wait_until(self.idle, 60, "the worker idle")
+        started = self.fill_and_move(fill, queue)
+        deadline = started + 300
+        while not counted():
+            if clock() > deadline:
+                raise TimeoutError("the listeners did not count every event within 300 s")
+            time.sleep(0.002)
+        return clock() - started
+
+    def purge(self, queue: str) -> int:
+        """Delete what ``queue`` holds (its list, at once); return how many messages it held.
+        What the worker took from it already, it holds in its unacknowledged messages until
+        it ran them: :meth:`settle` waits for them."""
+        with self.worker_db.pipeline(transaction=True) as pipe:
+            pipe.llen(queue)
+            pipe.delete(queue)
+            purged, _ = pipe.execute()
+        return int(purged)
+
+    def settle(self, snapshot: Callable[[], object]) -> None:
+        """Wait until the worker is idle, and stays idle with the same ``snapshot()`` (the
+        counts) for :data:`SETTLE_POLLS` polls: every message it held has run."""
+        deadline, polls, last = clock() + 60, 0, None
+        while polls < SETTLE_POLLS:
+            if clock() > deadline:
+                raise TimeoutError("the worker did not settle within 60 s")
+            now = snapshot() if self.idle() else None
+            polls = polls + 1 if now is not None and now == last else 0
+            last = now
+            time.sleep(SETTLE_EVERY)
 
 
 class Ledger:

@@ -6,7 +6,11 @@ Each round sends events of their own (an event id, a request id and a record of 
 that no message is mistaken for another's redelivery. Each row checks what it measured, else
 says FAILED and why: every listener (the raw task) received each event once, counted
 (bench/counting.py), no other counted anything, no dead letter was written, and the raw Celery
-app has the settings of notifier's workers; the limit's loops handled every message."""
+app has the settings of notifier's workers; the limit's loops handled every message.
+
+The row with a slow neighbour (:func:`run_beside_slow`) times the two fast listeners of three,
+and stops the clock when they counted every event; then it purges the slow one's queue, and
+checks that the slow one ran each event that was not purged, once."""
 
 from __future__ import annotations
 
@@ -21,7 +25,15 @@ from types import SimpleNamespace
 import psutil
 import redis
 
-from bench.counting import BATCH_LISTENER, BATCH_RESOURCE, LISTENERS, RAW_TASK
+from bench.counting import (
+    BATCH_LISTENER,
+    BATCH_RESOURCE,
+    BESIDE_SLOW,
+    LISTENERS,
+    RAW_TASK,
+    SLOW_LISTENER,
+    SLOW_RESOURCE,
+)
 from bench.drain import Drain, Ledger, Limit, RawCeleryWorker
 from bench.measure import RECORD, Row
 from bench.raw_celery import RAW_QUEUE
@@ -38,6 +50,14 @@ LIMIT_BATCH = "limit: the same, popping up to 100 per Lua call"
 #: The queue the limit's loops pop, which no worker consumes.
 LIMIT_QUEUE = "bench.limit"
 LIMIT_PROCESSES = 2
+#: The row with a slow neighbour, and the row of its two fast listeners without it.
+BESIDE_SLOW_ROW = "notifier, 3 listeners, one of them 50 ms per event"
+WITHOUT_SLOW_ROW = "notifier, 2 listeners"
+#: The most events of a round of that row: a multiple of what the pool's two processes take
+#: in a dispatch task each (2 x 100, tasks/dispatch/run.py), so that they share them evenly as
+#: in the 2-listener row; and the slow listener's whole backlog, which a round does not wait
+#: for but may come close to (bench/README.md), is 400 x 50 ms over the 2 processes: 10 s.
+BESIDE_SLOW_EVENTS = 400
 
 
 def messages(resource_name: str, count: int) -> list[Message]:
@@ -54,15 +74,20 @@ def messages(resource_name: str, count: int) -> list[Message]:
 @dataclass
 class Scenario:
     """One row: what a round fills (in the staging database) and where, what it must count
-    (counter: events), and for the limit's loops the messages they pop per call."""
+    (counter: events), for the limit's loops the messages they pop per call, and for the row
+    with a slow neighbour its listener (not in ``expected``: :func:`run_beside_slow`) and its
+    events per round, when not the section's."""
 
     name: str
     fill: Callable[[], None]
     queue: str
     expected: Mapping[str, int]
     limit_batch: int | None = None
+    slow: str | None = None
+    events: int | None = None
     rates: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    slow_runs: list[int] = field(default_factory=list)  # the slow listener's, in each round
 
     def median(self) -> float | None:
         return None if self.failures else statistics.median(self.rates)
@@ -77,6 +102,10 @@ class Scenario:
 
 
 def run_round(scenario: Scenario, drain: Drain, ledger: Ledger, limit: Limit, events: int) -> None:
+    events = scenario.events or events
+    if scenario.slow is not None:
+        run_beside_slow(scenario, scenario.slow, drain, ledger, events)
+        return
     before = ledger.snapshot()
     if scenario.limit_batch is None:
         counted = ledger.counted(before, scenario.expected)
@@ -92,6 +121,40 @@ def run_round(scenario: Scenario, drain: Drain, ledger: Ledger, limit: Limit, ev
         scenario.failures.append(failure)
     else:
         scenario.rates.append(events / seconds)
+
+
+def run_beside_slow(
+    scenario: Scenario, slow: str, drain: Drain, ledger: Ledger, events: int, *, timed: bool = True
+) -> None:
+    """A round of the row with a slow neighbour: the clock stops once the listeners of
+    ``scenario.expected`` counted every event (the slow one would take events x 50 ms over
+    the pool's processes); not ``timed``, the round before the first (:func:`bench_workers`),
+    checked, its rate not kept. Then the slow listener's queue is purged, and the worker
+    settles: every task of it that the worker took (its pool's runs, the messages it holds,
+    all in the unacknowledged hash from the instant they leave the queue:
+    tasks/broker/consuming.py) has run. Each slow task was sent before its event's fast
+    listeners ran (dispatch sends the listeners' tasks first: tasks/dispatch/run.py), so none
+    comes after the purge: the slow listener ran every event not purged, exactly once
+    (counted + purged == events)."""
+    before = ledger.snapshot()
+    seconds = drain.run_until(
+        scenario.fill, scenario.queue, ledger.counted(before, scenario.expected)
+    )
+    purged = drain.purge(LISTENER_QUEUE.format(name=slow))
+    drain.settle(ledger.snapshot)
+    ran = ledger.snapshot()[0][slow] - before[0][slow]
+    problems = []
+    if ran + purged != events or ran > events:
+        problems.append(f"the slow listener ran {ran:,} and {purged:,} were purged, of {events:,}")
+    # Every counter but the slow one's exact, and no dead letter.
+    failure = ledger.failure(before, {**scenario.expected, slow: ran})
+    if failure:
+        problems.append(failure)
+    if problems:
+        scenario.failures.append(("" if timed else "the round before: ") + "; ".join(problems))
+    elif timed:
+        scenario.rates.append(events / seconds)
+        scenario.slow_runs.append(ran)
 
 
 def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int) -> list[Row]:
@@ -111,7 +174,12 @@ def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int
         )
         listener_queues = [
             LISTENER_QUEUE.format(name=name)
-            for name in (*(n for names in LISTENERS.values() for n in names), BATCH_LISTENER)
+            for name in (
+                *(n for names in LISTENERS.values() for n in names),
+                BATCH_LISTENER,
+                *BESIDE_SLOW,
+                SLOW_LISTENER,
+            )
         ]
         drain = Drain(server, ["notifier", RAW_QUEUE, *listener_queues])
         ledger = Ledger(redis.Redis.from_url(counts_url), DeadLetters(drain.worker_db))
@@ -123,13 +191,24 @@ def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int
             for message in messages("bench_one", events):
                 staging_celery.send_task(RAW_TASK, args=[message.as_dict()], queue=RAW_QUEUE)
 
-        def notifier_fill(resource_name: str, queue: str = "notifier") -> Callable[[], None]:
+        def notifier_fill(
+            resource_name: str, queue: str = "notifier", count: int = events
+        ) -> Callable[[], None]:
             def fill() -> None:
-                for message in messages(resource_name, events):
+                for message in messages(resource_name, count):
                     staging_publisher.publish(message, queue)
 
             return fill
 
+        beside_slow = min(events, BESIDE_SLOW_EVENTS)
+        beside = Scenario(
+            BESIDE_SLOW_ROW,
+            notifier_fill(SLOW_RESOURCE, count=beside_slow),
+            "notifier",
+            dict.fromkeys(BESIDE_SLOW, beside_slow),
+            slow=SLOW_LISTENER,
+            events=beside_slow,
+        )
         scenarios = [
             Scenario(RAW, raw_fill, RAW_QUEUE, {RAW_TASK: events}),
             *(
@@ -147,9 +226,15 @@ def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int
                 "notifier",
                 {BATCH_LISTENER: events},
             ),
+            beside,
             Scenario(LIMIT_ONE, notifier_fill("bench_one", LIMIT_QUEUE), LIMIT_QUEUE, {}, 1),
             Scenario(LIMIT_BATCH, notifier_fill("bench_one", LIMIT_QUEUE), LIMIT_QUEUE, {}, 100),
         ]
+        # Each pool process runs a listener in dispatch until it timed it (tasks/dispatch/
+        # pace.py): 50 ms once per process for the slow one, once in a worker's life. A round
+        # before the first, checked and not timed, has each learn it (each takes a dispatch
+        # task of it), so that the row measures a worker that knows its listeners.
+        run_beside_slow(beside, SLOW_LISTENER, drain, ledger, beside_slow, timed=False)
         for _ in range(rounds):
             for scenario in scenarios:
                 run_round(scenario, drain, ledger, limit, events)
@@ -166,16 +251,23 @@ def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int
 
 def table(scenarios: list[Scenario]) -> list[Row]:
     """The rows: each rate also as a ratio of raw Celery's and, for notifier's, as a fraction
-    of the limit's (the BRPOP loop's and the batch loop's)."""
+    of the limit's (the BRPOP loop's and the batch loop's); the row with a slow neighbour as a
+    fraction of its fast listeners' rate without it (the 2-listener row's)."""
     medians = {scenario.name: scenario.median() for scenario in scenarios}
     raw, one, batch = medians[RAW], medians[LIMIT_ONE], medians[LIMIT_BATCH]
     rows: list[Row] = []
     for scenario in scenarios:
         rate = medians[scenario.name]
         ratios = []
+        if rate is not None and scenario.slow is not None:
+            without = medians[WITHOUT_SLOW_ROW]
+            if without is not None:
+                ratios.append(f"{rate / without:.2f} of the 2-listener row")
+            ran, events = statistics.median(scenario.slow_runs), scenario.events
+            ratios.append(f"the slow one ran {ran:,.0f} of {events:,}, the rest purged")
         if rate is not None and raw is not None:
             ratios.append(f"{rate / raw:.2f}x raw Celery")
-        if rate is not None and not scenario.name.startswith("limit"):
+        if rate is not None and scenario.slow is None and not scenario.name.startswith("limit"):
             if one is not None:
                 ratios.append(f"{rate / one:.3f} of BRPOP limit")
             if batch is not None:
