@@ -18,7 +18,8 @@ the first attempt of every listener it may, on these terms:
 - **The listener task's own first attempt**: each run goes through the tracer Celery's worker
   runs the listener's task with (:mod:`tasks.broker.tracing`), with the request its task would
   have had (its id ``<event_id>:<listener>``, its queue, no retries yet, the dispatch task as
-  its parent): the task's hooks are called and Celery's signals sent, as for its own task. A run
+  its parent), and a copy of the message of its own: the task's hooks are called and Celery's
+  signals sent, as for its own task. A run
   that raises is retried as Celery retries the listener's task (``autoretry_for``, backoff,
   ``max_retries``): Celery sends the task for its second attempt, and from then on the
   listener's own task retries and fails as usual. An exception the listener does not retry
@@ -38,7 +39,9 @@ Beside the other internals notifier relies on: docs/internals.md, "Listeners run
 
 from __future__ import annotations
 
+import copy
 import logging
+import marshal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +58,15 @@ from tasks.dispatch.fan_out import SEND_ERRORS
 from tasks.dispatch.pace import Pace
 from tasks.listeners.registry import Listener
 
-__all__ = ["Inline", "Plan", "hand_over", "run_here", "runs_in_dispatch", "send_own_task"]
+__all__ = [
+    "Inline",
+    "Plan",
+    "hand_over",
+    "own_copy",
+    "run_here",
+    "runs_in_dispatch",
+    "send_own_task",
+]
 
 logger = logging.getLogger("notifier")
 
@@ -136,9 +147,12 @@ def run_here(
     :class:`ListenersNotSent` naming those whose next attempt the broker did not take, once the
     others ran."""
     not_sent = []
-    args = (data,)
-    readable = argsrepr(args)
+    readable = argsrepr((data,))
     for listener in listeners:
+        # Each its own copy of the message, as its own task would have decoded: what one
+        # listener changes in its event, the next one (and a batch holding the message) never
+        # sees.
+        args = (own_copy(data),)
         task_id = listener_task_id(message.task_id, listener.name)
         request = {
             "id": task_id,
@@ -157,6 +171,16 @@ def run_here(
     if not_sent:
         raise ListenersNotSent(not_sent)
     return [listener.name for listener in listeners]
+
+
+def own_copy(data: Any) -> Any:
+    """A deep copy of ``data``, a message as JSON decoded it (dicts, lists, strings, numbers,
+    booleans, None)."""
+    try:
+        # A few µs for a 1 KB message: a fifth of what copy.deepcopy takes.
+        return marshal.loads(marshal.dumps(data))
+    except ValueError:  # something JSON does not decode to
+        return copy.deepcopy(data)
 
 
 def _rejected(listener: Listener, data: Any, message: Message, traced: Any) -> bool:

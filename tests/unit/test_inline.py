@@ -373,3 +373,24 @@ def test_with_a_budget_of_zero_every_listener_gets_its_own_task(registry, dead_l
 
     assert received == []
     assert [name for name, _ in sent] == ["search", "mail"]
+
+
+def test_what_one_listener_changes_in_its_event_the_next_one_never_sees(wired, registry, sent):
+    seen = []
+
+    def strip_titles(event):
+        event.impacted_records[0]["new"]["title"] = "(stripped)"
+        event.payload["uri"] = "/changed"
+
+    def index(event):
+        seen.append((event.impacted_records[0]["new"].get("title"), event.payload["uri"]))
+
+    consumed(registry, sent, strip_titles, "strip")
+    consumed(registry, sent, index, "index")
+    data = message()
+    data["impacted_records"][0]["new"]["title"] = "Hello"
+
+    handle(wired, data)
+
+    assert seen == [("Hello", "/articles")]
+    assert data["impacted_records"][0]["new"]["title"] == "Hello"
