@@ -79,7 +79,10 @@ class Event(Message):
 
     @classmethod
     def from_message(cls, message: Message) -> Event:
-        return cls(**{field.name: getattr(message, field.name) for field in fields(message)})
+        return cls(**{name: getattr(message, name) for name in _MESSAGE_FIELDS})
+
+
+_MESSAGE_FIELDS = tuple(field.name for field in fields(Message))
 
 
 def scopes_above(
