@@ -217,7 +217,7 @@ def _check_visibility_timeout(value: Any) -> int:
 
 
 def _check_inline_budget(value: Any) -> float:
-    allowed = "a number of seconds from 0 (no listener runs in dispatch) to 60; default 0.005"
+    allowed = "a number of seconds from 0 (no listener runs in dispatch) to 60; default 0.02"
     try:
         seconds = float(value)
     except (TypeError, ValueError):

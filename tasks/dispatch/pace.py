@@ -4,7 +4,7 @@ Dispatch runs the listeners it may run itself one after another, for every messa
 (tasks/dispatch/inline.py): a listener that takes 50 ms there would hold back every other
 listener of every message behind it. So each run of a listener's task, in dispatch or in its own
 task, is timed, and :class:`Pace` keeps a moving average of each listener's run time. A listener
-whose average is over the budget (``NOTIFIER_INLINE_BUDGET``, 5 ms unless set) gets its own task
+whose average is over the budget (``NOTIFIER_INLINE_BUDGET``, 20 ms unless set) gets its own task
 for each message, on its own queue, until its average comes back under the budget: its runs in
 its own task keep being timed, and once every :data:`RETRY_AFTER` times its average, one of its
 runs is tried in dispatch again (so that a slow listener costs the others at most 1 % of their
@@ -30,8 +30,11 @@ from tasks.listeners.runs import ListenerRun
 __all__ = ["INLINE_BUDGET", "RETRY_AFTER", "Pace"]
 
 #: The default budget, in seconds: the longest average run a listener may have and still run
-#: in dispatch.
-INLINE_BUDGET = 0.005
+#: in dispatch. About ten times what a task of its own would add to each of its runs (1.3 to
+#: 2 ms here: bench/), so that a listener sent one loses at most a tenth of its throughput;
+#: a listener that writes to a database or calls a service nearby (the search index takes 2 to
+#: 4.5 ms an event, 10 ms and more on a saturated machine) stays in dispatch.
+INLINE_BUDGET = 0.02
 #: After how many times its average a listener too slow for dispatch is tried there again.
 RETRY_AFTER = 100
 #: The weight of the newest run in a listener's moving average: about the last ten runs count.

@@ -39,7 +39,7 @@ LISTENERS = {
 }
 #: How many times ``broken`` runs for each event: its first attempt and one retry.
 BROKEN_ATTEMPTS = 2
-SLOW = 0.1  # seconds: well over the inline budget (the default's 20 times, the slow test's 5)
+SLOW = 0.1  # seconds: well over the inline budget (five times the default)
 STEADY = 0.002  # seconds: under the inline budget
 
 

@@ -69,7 +69,7 @@ def start_worker_side(code=START, **environ):
             (
                 {"NOTIFIER_INLINE_BUDGET": value},
                 f"NOTIFIER_INLINE_BUDGET = {value!r} is not valid: a number of seconds from 0 "
-                "(no listener runs in dispatch) to 60; default 0.005",
+                "(no listener runs in dispatch) to 60; default 0.02",
             )
             for value in ("5ms", "-0.001", "61", "nan", "")
         ],
