@@ -186,9 +186,14 @@ def test_malformed_messages_end_in_the_dead_letters_and_the_worker_keeps_running
         return [letter for letter in dead_letters if marker in json.dumps(letter.message)]
 
     wait_until(lambda: len(kept()) == 2, 10, "both malformed messages kept as dead letters")
-    reasons = sorted(letter.reason for letter in kept())
-    assert reasons[0].startswith("TypeError: ")
-    assert reasons[1] == "unknown schema version 99: this worker reads version 1"
+    reasons = {letter.reason for letter in kept()}
+    assert "unknown schema version 99: this worker reads version 1" in reasons
+    [wrong_arguments] = reasons - {"unknown schema version 99: this worker reads version 1"}
+    # Celery's TypeError when a worker ran it as a task; the taker's reason when the dispatch
+    # task that ran the first message took it behind its own (tasks/broker/taken.py).
+    assert wrong_arguments.startswith("TypeError: ") or (
+        "dispatch takes a message and only=, not args [] and kwargs {'colour'" in wrong_arguments
+    )
     title = unique("After the garbage")
     call("POST", f"{web.url}/articles", {"title": title})
     received.wait_for("record_articles", title)
