@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast, overload
 
 from celery import Celery, Task, current_task
@@ -18,6 +17,7 @@ from notifier.errors import ListenerError
 from notifier.wire.message import Message
 from tasks.listeners.batch import batch_runner, check_batch
 from tasks.listeners.event import Event
+from tasks.listeners.listener import Listener, wants
 from tasks.listeners.options import (
     check_actions,
     check_parents,
@@ -49,55 +49,6 @@ RETRIES: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Listener:
-    """A registered listener: which events it wants, and the Celery task that runs it."""
-
-    name: str
-    resource_names: frozenset[str]  # {"*"}: every resource
-    actions: frozenset[str]
-    task: Task[Any, Any]
-    queue: str
-    where: Mapping[str, frozenset[str]] = field(default_factory=dict)  # payload key: values
-    ordered: bool = False
-    parents: frozenset[str] = frozenset()  # resources whose deletes drop what is under them
-    batch: int | None = None  # a batch listener: the most events one run receives
-
-    def wants(self, message: Message) -> bool:
-        return wants(message, self.resource_names, self.actions, self.where, self.parents)
-
-    def is_parent_delete(self, message: Message) -> bool:
-        """Whether ``message`` deletes a parent of this listener's resources."""
-        return message.action == "delete" and message.resource_name in self.parents
-
-
-def wants(
-    message: Message,
-    resource_names: Collection[str],
-    actions: Collection[str],
-    where: Mapping[str, Collection[str]],
-    parents: Collection[str],
-) -> bool:
-    """Whether a listener of these ``resource_names``, ``actions``, ``where`` and ``parents``
-    (as ``@listener`` checked them) wants ``message``: the one matching rule, for the listeners
-    of this worker and for those other workers announce (tasks/fleet.py)."""
-    if message.action == "delete" and message.resource_name in parents:
-        # A bucket's delete has no collection_id, yet drops the collections a
-        # where={"collection_id": ...} listener keeps: only the values it has must match.
-        return all(
-            message.payload.get(key) is None or message.payload.get(key) in values
-            for key, values in where.items()
-        )
-    return (
-        message.action in actions
-        and ("*" in resource_names or message.resource_name in resource_names)
-        and all(
-            isinstance(value := message.payload.get(key), str) and value in values
-            for key, values in where.items()
-        )
-    )
-
-
 class Registry:
     """The listeners of one Celery app, by name."""
 
@@ -111,6 +62,7 @@ class Registry:
         self.on_new_queue = on_new_queue
         self._wrappers = None if wrappers is None else tuple(wrappers)
         self._listeners: dict[str, Listener] = {}
+        self._by_resource: dict[str, list[Listener]] = {}
 
     def wrap_runs(self, wrappers: Sequence[RunWrapper]) -> None:
         """Run every listener task through ``wrappers``, outermost first
@@ -136,9 +88,23 @@ class Registry:
         order they were registered."""
         return [
             listener
-            for listener in self._listeners.values()
+            for listener in self._of_resource(message.resource_name)
             if (only is None or listener.name in only) and listener.wants(message)
         ]
+
+    def _of_resource(self, resource_name: str) -> list[Listener]:
+        # The listeners that may want a message on ``resource_name``, in the order they were
+        # registered: dispatch asks for each message, and most listeners are of other resources.
+        found = self._by_resource.get(resource_name)
+        if found is None:
+            found = self._by_resource[resource_name] = [
+                listener
+                for listener in self._listeners.values()
+                if resource_name in listener.resource_names
+                or "*" in listener.resource_names
+                or resource_name in listener.parents
+            ]
+        return found
 
     @overload
     def listener(self, function: F, /) -> F: ...
@@ -231,6 +197,7 @@ class Registry:
             listener_queue = (
                 queue or getattr(task, "queue", None) or LISTENER_QUEUE.format(name=listener_name)
             )
+            self._by_resource.clear()
             self._listeners[listener_name] = Listener(
                 listener_name,
                 resources,
