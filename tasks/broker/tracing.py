@@ -16,7 +16,8 @@ for every task at its start; built here when missing), and it nests: run inside 
 run, it pushes the listener's task and request onto Celery's stacks and pops them when it
 returns, leaving the dispatch task's as they were; it returns ``(retval, info, runtime, retstr)``
 where ``info`` is None after a success, else a ``TraceInfo`` whose ``state`` and ``retval`` (the
-exception) say how the run ended. Only on the versions :func:`tasks.broker.internals_checked`
+exception) say how the run ended; a ``Reject`` raised by one of the task's hooks it raises.
+Only on the versions :func:`tasks.broker.internals_checked`
 accepts: on others, dispatch runs no listener inline.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 
 from celery import states
 from celery.app.trace import trace_task
+from celery.exceptions import Reject
 
 __all__ = ["Traced", "trace"]
 
@@ -44,9 +46,14 @@ class Traced:
 def trace(task: Any, task_id: str, args: tuple[Any, ...], request: dict[str, Any]) -> Traced:
     """Run ``task`` with ``args`` as Celery's worker runs it, under ``request`` (the message's
     request: its ``id`` is ``task_id``, its ``delivery_info``, its ``retries``)."""
-    _retval, info, _runtime, _retstr = trace_task(
-        task, task_id, args, {}, request, app=task.app, hostname=request.get("hostname")
-    )
+    try:
+        _retval, info, _runtime, _retstr = trace_task(
+            task, task_id, args, {}, request, app=task.app, hostname=request.get("hostname")
+        )
+    except Reject as exc:
+        # Raised by a hook of the task (on_success, after_return): Celery's tracer passes it on,
+        # for the worker to reject the task's message. Here, the listener's run alone ends so.
+        return Traced(states.REJECTED, exc)
     if info is None:
         return Traced(states.SUCCESS)
     exception = info.retval if isinstance(info.retval, BaseException) else None
