@@ -89,10 +89,9 @@ def configure(app: Celery, registry: Registry) -> WorkerSettings:
     conf.broker_transport_options = {
         "unacked_restore_interval": max(1, timeout // 10),
         "unacked_restore_throttle": 1,
-        # The routing table's queues (dispatch messages) before the listeners' own queues: a
-        # slow listener's tasks take the pool only when no dispatch message waits
-        # (docs/listeners.md, "How listeners run").
-        "queue_order_strategy": "priority",
+        # The dispatch messages before the listeners' own tasks (tasks/broker/queue_order.py):
+        # a slow listener's tasks take the pool only when no dispatch message waits.
+        "queue_order_strategy": "tasks.broker.queue_order:DispatchFirst",
         **(conf.broker_transport_options or {}),
         "visibility_timeout": timeout,
     }

@@ -15,6 +15,8 @@
   out again.
 - :mod:`tasks.broker.tracing`: a listener task run inside the dispatch task, through the
   tracer Celery's worker runs it with.
+- :mod:`tasks.broker.queue_order`: a worker takes the dispatch messages before the listeners'
+  own tasks.
 
 Each reliance on an internal is named where it is used, with the versions checked; the bounds
 in ``pyproject.toml`` keep Celery and kombu to those versions, and the test command runs the

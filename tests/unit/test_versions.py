@@ -243,3 +243,35 @@ def test_a_traced_run_that_raises_ends_failed_with_its_exception_and_celery_s_si
 
     assert (traced.state, str(traced.exception)) == ("FAILURE", "the index is gone")
     assert failures == [(fails, "e1:fails", traced.exception)]
+
+
+# The queue order a worker's channel takes its queues in. --------------------------------------
+
+
+def test_kombu_makes_the_workers_queue_order_from_its_setting():
+    from kombu.utils.scheduling import cycle_by_name
+
+    from tasks.broker.queue_order import DispatchFirst
+
+    assert isinstance(cycle_by_name("tasks.broker.queue_order:DispatchFirst")(), DispatchFirst)
+
+
+def test_dispatch_queues_are_taken_in_turn_before_the_listeners_own_queues():
+    from tasks.broker.queue_order import DispatchFirst
+
+    cycle = DispatchFirst()
+    cycle.update(["articles", "notifier.listener.mail", "deletions", "notifier.listener.cache"])
+    taken = []
+    for _ in range(4):
+        order = cycle.consume(4)
+        taken.append(order)
+        cycle.rotate(order[0])
+
+    assert taken == [
+        ["articles", "deletions", "notifier.listener.mail", "notifier.listener.cache"],
+        ["deletions", "articles", "notifier.listener.mail", "notifier.listener.cache"],
+        ["articles", "deletions", "notifier.listener.mail", "notifier.listener.cache"],
+        ["deletions", "articles", "notifier.listener.mail", "notifier.listener.cache"],
+    ]
+    cycle.rotate("notifier.listener.mail")
+    assert cycle.consume(4)[2:] == ["notifier.listener.cache", "notifier.listener.mail"]

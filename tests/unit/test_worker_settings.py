@@ -202,9 +202,9 @@ def test_a_worker_takes_dispatch_messages_before_its_listeners_own_tasks(tmp_pat
     )
 
     assert started.returncode == 0, started.stderr
-    # kombu's priority order: each queue in the order the worker consumes them.
+    # The queues in the order the worker consumes them, and the cycle that orders its takes.
     assert started.stdout.split() == [
-        "priority",
+        "tasks.broker.queue_order:DispatchFirst",
         "articles",
         "notifier",
         "notifier.listener.notifier.search_index",
