@@ -42,7 +42,8 @@ from __future__ import annotations
 import copy
 import logging
 import marshal
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,12 +52,12 @@ from celery import states
 from notifier.errors import ListenersNotSent
 from notifier.wire.message import Message
 from notifier.wire.protocol import argsrepr
-from tasks.broker.tracing import trace
+from tasks.broker.tracing import Traced, trace
 from tasks.broker.versions import internals_checked
 from tasks.dispatch.delivery import listener_task_id
 from tasks.dispatch.fan_out import SEND_ERRORS
 from tasks.dispatch.pace import Pace
-from tasks.listeners.registry import Listener
+from tasks.listeners.listener import Listener
 
 __all__ = [
     "Inline",
@@ -124,7 +125,9 @@ class Inline:
             if not self.may_run(listener):
                 result.sent.append(listener)
             elif again:
-                (result.sent if only is not None else result.handed_over).append(listener)
+                # One the pace sent a task of its own had its first attempt there.
+                ran_here = only is None and not self.pace.slow(listener.name)
+                (result.handed_over if ran_here else result.sent).append(listener)
             elif self.pace.fits(listener.name):
                 result.here.append(listener)
             else:
@@ -140,15 +143,27 @@ class Inline:
 
 
 def run_here(
-    message: Message, data: Any, listeners: Sequence[Listener], *, hostname: str | None = None
+    message: Message,
+    data: Any,
+    listeners: Sequence[Listener],
+    *,
+    hostname: str | None = None,
+    until: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[str]:
     """Run the first attempt of each of ``listeners`` on ``message`` (decoded from ``data``),
-    one after another, each on its own (see the module's doc); return their names. Raises
-    :class:`ListenersNotSent` naming those whose next attempt the broker did not take, once the
-    others ran."""
+    one after another, each on its own (see the module's doc); return their names. Once
+    ``clock`` passes ``until``, those left get their own tasks instead (the dispatch task's time
+    limits are for the listeners that hold it, not for the next ones). Raises
+    :class:`ListenersNotSent` naming those whose first or next attempt the broker did not take,
+    once the others ran."""
     not_sent = []
     readable = argsrepr((data,))
     for listener in listeners:
+        if until is not None and clock() >= until:
+            if not send_own_task(listener, data, message.task_id, retries=0):
+                not_sent.append(listener.name)
+            continue
         # Each its own copy of the message, as its own task would have decoded: what one
         # listener changes in its event, the next one (and a batch holding the message) never
         # sees.
@@ -183,7 +198,7 @@ def own_copy(data: Any) -> Any:
         return copy.deepcopy(data)
 
 
-def _rejected(listener: Listener, data: Any, message: Message, traced: Any) -> bool:
+def _rejected(listener: Listener, data: Any, message: Message, traced: Traced) -> bool:
     # A Reject: raised by Task.retry when the broker did not take the next attempt (its reason
     # the broker's error), or by the listener, for Celery to drop the message or requeue it.
     # False: the listener's next attempt is not sent.
@@ -208,7 +223,8 @@ def hand_over(listeners: Sequence[Listener], data: Any, task_id: str) -> list[st
     for listener in listeners:
         if send_own_task(listener, data, task_id, retries=1):
             logger.warning(
-                "listener %s: its first attempt on %s ended with its worker; its task tries again",
+                "listener %s: its first attempt on %s may have run in a dispatch that did not "
+                "finish (its worker died or stopped); its own task tries again",
                 listener.name,
                 task_id,
             )

@@ -81,9 +81,14 @@ class DispatchRun:
         self.queue = queue
         self.taker = taker
         self.coverage = coverage
-        self.inline = inline if inline is not None else Inline(Pace())
+        # Without the worker's (whose pace its run wrappers feed), no listener runs here.
+        self.inline = inline if inline is not None else Inline(Pace(budget=0))
         self.dispatch = dispatch
         self.hostname = hostname
+        # Listeners run here until half the dispatch task's soft time limit is spent; after it,
+        # those left of a message get tasks of their own.
+        soft = registry.app.conf.task_soft_time_limit
+        self.inline_until = clock() + soft / 2 if soft else None
         self.batches = Batches(self._send_batch, SEND_ERRORS)
         self.clock = clock
         self.taken: list[Delivery] = []  # taken, not acknowledged yet
@@ -124,7 +129,16 @@ class DispatchRun:
         ran += _noting_not_sent(delivery, handed, lambda: hand_over(handed, data, message.task_id))
         here = where.here
         ran += _noting_not_sent(
-            delivery, here, lambda: run_here(message, data, here, hostname=self.hostname)
+            delivery,
+            here,
+            lambda: run_here(
+                message,
+                data,
+                here,
+                hostname=self.hostname,
+                until=self.inline_until,
+                clock=self.clock,
+            ),
         )
         return ran + in_batches + elsewhere
 

@@ -4,7 +4,8 @@ A :class:`~tasks.listeners.registry.Registry` runs each listener task through th
 wrappers it is given, outermost first, in the spirit of dramatiq's middleware: each wrapper
 receives the run and ``proceed``, and calls ``proceed`` (with the run, or a run it changed) to go
 on, or returns without calling it to skip the listener. The worker's wrappers are built once, at
-its start, by :func:`tasks.wiring.wire`: the bound on deliveries
+its start, by :func:`tasks.wiring.wire`: the pace, which times each run
+(:class:`tasks.dispatch.pace.Pace`), the bound on deliveries
 (:class:`tasks.dispatch.bound.DeliveryBound`), then the order of ordered listeners
 (:class:`tasks.listeners.ordered_runs.OrderedRuns`). A registry built in a test with the same
 wrappers runs its listeners as the worker's does; one given none runs them bare.

@@ -12,6 +12,8 @@ from notifier.wire.protocol import task_message
 from tasks.broker.tracing import trace
 from tasks.dispatch.batches import batch_task_id
 from tasks.dispatch.delivery import Delivery
+from tasks.dispatch.inline import Inline
+from tasks.dispatch.pace import Pace
 from tasks.dispatch.run import DispatchRun
 from tasks.listeners.batch import run_batch
 from tests.unit import builders
@@ -155,7 +157,7 @@ def test_a_batch_listener_never_runs_in_dispatch_and_keeps_the_lone_listener_alo
     registry.listener("article", name="search.index")(index)
     registry.app.amqp.queues.select_add(registry["search.index"].queue)
     queue_dispatch(client, message())
-    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+    run = DispatchRun(registry, dead_letters, QUEUE, taker, inline=Inline(Pace()))
 
     run.take_more()
     run.finish()

@@ -219,7 +219,7 @@ class Clock:
 def test_a_listeners_first_run_in_a_process_does_not_count_against_it():
     pace = Pace(budget=0.005)
 
-    pace.record("search", 0.2)  # it connected to its database
+    pace.record("search", 0.03)  # it connected to its database
     pace.record("search", 0.001)
 
     assert pace.average("search") == 0.001
@@ -237,6 +237,26 @@ def test_one_stall_does_not_send_a_fast_listener_out_of_dispatch_three_slow_runs
     pace.record("search", 0.045)
     pace.record("search", 0.045)
     assert not pace.fits("search")
+
+
+def test_a_listener_that_hung_leaves_dispatch_at_once_even_on_its_first_run():
+    pace = Pace(budget=0.02)
+
+    pace.record("mail", 30.0)  # its mail server did not answer
+
+    assert pace.slow("mail")
+    assert not pace.fits("mail")
+
+
+def test_a_listener_that_hung_is_tried_in_dispatch_again_a_minute_later_at_most():
+    clock = Clock()
+    pace = Pace(budget=0.02, clock=clock)
+    pace.record("mail", 240.0)
+    assert not pace.fits("mail")
+
+    clock.now = 60.0
+
+    assert pace.fits("mail")
 
 
 def test_a_slow_listener_comes_back_to_dispatch_once_its_runs_are_fast_again():
@@ -394,3 +414,66 @@ def test_what_one_listener_changes_in_its_event_the_next_one_never_sees(wired, r
 
     assert seen == [("Hello", "/articles")]
     assert data["impacted_records"][0]["new"]["title"] == "Hello"
+
+
+def test_a_reject_from_a_listeners_hook_ends_its_run_alone(wired, registry, sent):
+    received = []
+
+    class Picky(Task):
+        def after_return(self, status, retval, task_id, args, kwargs, einfo):
+            raise Reject("not after all", requeue=False)
+
+    @registry.app.task(base=Picky, name="picky.task")
+    def picky(event):
+        received.append("picky")
+
+    registry.listener("article", name="picky")(picky)
+    registry.app.amqp.queues.select_add(registry["picky"].queue)
+    sent.watch(registry["picky"])
+    consumed(registry, sent, appending(received, "mail"), "mail")
+
+    reached, delivery = handle(wired, message())
+
+    assert received == ["picky", "mail"]
+    assert reached == ["picky", "mail"]
+    assert delivery.not_sent == []
+
+
+def test_once_half_the_soft_time_limit_is_spent_the_listeners_left_get_their_own_tasks(
+    wired, registry, sent
+):
+    clock = Clock()
+    received = []
+    registry.app.conf.task_soft_time_limit = 240  # the workers' default (tasks/defaults.py)
+
+    def hangs(event):
+        received.append("hangs")
+        clock.now = 200.0  # of the 240 s soft limit
+
+    consumed(registry, sent, hangs, "hangs")
+    consumed(registry, sent, appending(received, "mail"), "mail")
+    run = DispatchRun(wired.registry, wired.dead_letters, None, inline=wired.inline, clock=clock)
+    data = message()
+
+    assert sorted(run.handle(Delivery(data))) == ["hangs", "mail"]
+
+    assert received == ["hangs"]
+    [(name, options)] = sent
+    assert (name, options["task_id"], options["retries"]) == ("mail", f"{data['event_id']}:mail", 0)
+    assert registry["mail"].task.soft_time_limit == 240  # it may run in dispatch
+
+
+def test_a_redelivered_message_sends_a_slow_listener_its_first_attempt_not_its_second(
+    wired, registry, sent
+):
+    consumed(registry, sent, nothing, "search")
+    consumed(registry, sent, nothing, "mail")
+    wired.pace.record("mail", 0.001)
+    wired.pace.record("mail", 0.5)  # it has its own task for each event
+
+    handle(wired, message(), redelivered=True)
+
+    assert sorted((name, options.get("retries", 0)) for name, options in sent) == [
+        ("mail", 0),
+        ("search", 1),
+    ]
