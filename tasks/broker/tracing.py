@@ -6,9 +6,11 @@ pushed (its id, its queue, its attempts), Celery's ``current_task`` the listener
 ``Task.retry``, ``autoretry_for`` and the listener's own code read), the task's hooks called,
 and Celery's signals sent (``task_prerun``, ``task_success``, ``task_retry``, ``task_failure``,
 ``task_postrun``), so that what is built on them (the dead letters of a listener that failed for
-good, tasks/dispatch/signals.py; an operator's tracing and metrics) sees every run, whichever
-path ran it. Celery's worker gets all of that from the tracer it builds for each task; :func:`trace`
-runs the listener's task through that same tracer.
+good, tasks/dispatch/signals.py; tracing and metrics built on the signals) sees every run,
+whichever path ran it. Celery's worker gets all of that from the tracer it builds for each task;
+:func:`trace` runs the listener's task through that same tracer. What the worker's main process
+does around a task it received is not done: no task events (Flower's), and ``inspect active``
+names the dispatch task.
 
 Relied on, checked on Celery 5.7.0: ``celery.app.trace.trace_task`` (in that module's
 ``__all__``) runs a task's tracer (``Task.__trace__``, which the worker's pool process builds
