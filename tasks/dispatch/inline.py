@@ -91,7 +91,7 @@ def runs_in_dispatch(listener: Listener) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     """Where each listener of a message runs."""
 
