@@ -1,34 +1,37 @@
 """The outbox of one process: what it publishes after each commit, and its relay.
 
 Once a transaction committed, its messages are handed to the process's background thread
-(:meth:`Outbox.submit`), which publishes them at once, in commit order, and deletes their rows:
-the request waits for neither the broker nor the delete. A row stays when its process died
-before publishing it, or when the broker did not take it: the relay publishes it.
+(:meth:`Outbox.submit`), which publishes them at once, in commit order, and deletes their rows
+a few at a time (:mod:`notifier.outbox.deleting`): the request waits for neither the broker
+nor the delete. A row stays when its process died before publishing it, or when the broker
+did not take it: the relay publishes it.
 
 The relay (:meth:`Outbox.relay`: a pass of that thread, or of ``notifier-outbox relay``)
 takes, oldest first, the rows this process could not publish and every row older than
 ``relay_after`` seconds (left by a process that died or is stuck), publishes them and deletes
 them in one transaction. On PostgreSQL the rows are locked with ``FOR UPDATE SKIP LOCKED``, so
 that relays of several processes never publish one row at the same time; on SQLite the relay
-takes the database's write lock (``BEGIN IMMEDIATE``).
+takes the database's write lock (``BEGIN IMMEDIATE``); either only once a plain read found a
+due row.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from notifier.errors import OutboxError
-from notifier.outbox.table import CLAIM, DELETE, EXISTING, TABLE, WAITING, dialect_of
+from notifier.outbox.deleting import DELETE_EVERY, Published
+from notifier.outbox.locking import transaction
+from notifier.outbox.table import ANY_DUE, CLAIM, DELETE, EXISTING, TABLE, WAITING, dialect_of
 from notifier.outbox.writing import SessionOf, write_rows
 from notifier.wire.message import Message, decode
 
@@ -77,8 +80,9 @@ class Outbox:
     def _reset(self) -> None:
         self._mutex = threading.Lock()
         self._wake = threading.Event()
-        self._pending: collections.deque[tuple[Message, str]] = collections.deque()
-        self._published: list[str] = []  # rows published, to delete
+        # Messages submitted, with when (time.monotonic()): their rows' deadline to be deleted.
+        self._pending: collections.deque[tuple[Message, str, float]] = collections.deque()
+        self._published = Published(self.engine, self.dialect, self.relay_after)
         self._failed: dict[str, None] = {}  # rows this process could not publish, oldest first
         self._unreadable: set[str] = set()  # rows that are not messages, logged once
         self._thread: threading.Thread | None = None
@@ -102,9 +106,10 @@ class Outbox:
         """Committed messages (message, queue): the background thread publishes them at once,
         in commit order, and deletes their rows. The request does not wait for the broker:
         the rows are safe in the table."""
+        submitted = time.monotonic()
         with self._mutex:
             if len(self._pending) + len(outgoing) <= PENDING_LIMIT:
-                self._pending.extend(outgoing)
+                self._pending.extend((message, queue, submitted) for message, queue in outgoing)
             else:  # the broker is far behind: the relay takes them from the table, in order
                 self._failed.update(dict.fromkeys(message.task_id for message, _ in outgoing))
             self._wake.set()
@@ -118,7 +123,7 @@ class Outbox:
             with self._mutex:
                 if not self._pending:
                     return published
-                message, queue = self._pending.popleft()
+                message, queue, submitted = self._pending.popleft()
                 if self._failed:  # behind rows the broker refused: the relay keeps the order
                     self._failed[message.task_id] = None
                     continue
@@ -134,8 +139,7 @@ class Outbox:
                 with self._mutex:
                     self._failed[message.task_id] = None
                 continue
-            with self._mutex:
-                self._published.append(message.task_id)
+            self._published.add(message.task_id, submitted)
             published += 1
 
     def holds_messages(self) -> bool:
@@ -149,13 +153,19 @@ class Outbox:
         rows older than ``relay_after``, or all rows with ``everything``; stop at the first the
         broker refuses. Return how many were published (submitted messages included)."""
         published = self.publish_pending()
-        self._delete_published()
+        self._published.delete()
+        return published + self._relay_due(self._cutoff(everything))
+
+    def _cutoff(self, everything: bool = False) -> float:
         if everything:
-            cutoff = float("inf")
-        elif self.relay_others:
-            cutoff = time.time() - self.relay_after
-        else:
-            cutoff = 0.0  # no row is that old: only this process's failed ones
+            return float("inf")
+        if self.relay_others:
+            return time.time() - self.relay_after
+        return 0.0  # no row is that old: only this process's failed ones
+
+    def _relay_due(self, cutoff: float) -> int:
+        """The relay's batches: the rows it claimed and published, however many they are."""
+        published = 0
         after: int | None = -1
         while after is not None:
             with self._mutex:
@@ -172,7 +182,9 @@ class Outbox:
         """One transaction: claim a batch of the due rows after the id ``after``, publish
         them, delete what was published. Return how many were published, and the id to go on
         after (None: nothing more this round)."""
-        with self._claiming() as connection:
+        if not self._any_due(cutoff, failed, after):
+            return 0, None
+        with transaction(self.engine, self.dialect) as connection:
             rows = connection.execute(
                 CLAIM[self.dialect],
                 {"cutoff": cutoff, "failed": failed, "after": after, "limit": self.batch},
@@ -210,35 +222,12 @@ class Outbox:
             self._unreadable.add(task_id)
         logger.critical("outbox row %s is not a message (%s): left in %s", task_id, exc, TABLE)
 
-    @contextlib.contextmanager
-    def _claiming(self) -> Iterator[Connection]:
-        if self.dialect == "postgresql":
-            with self.engine.begin() as connection:
-                yield connection
-            return
-        # SQLite: the write lock from the start, so that two relays never take the same rows.
+    def _any_due(self, cutoff: float, failed: list[str], after: int) -> bool:
+        # A plain read: most passes find nothing, and on SQLite the claim's write lock would
+        # make the app's requests wait for nothing.
         with self.engine.connect() as connection:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.exec_driver_sql("ROLLBACK")
-                raise
-            connection.exec_driver_sql("COMMIT")
-
-    def _delete_published(self) -> None:
-        with self._mutex:
-            done, self._published = self._published, []
-        for start in range(0, len(done), 500):
-            chunk = done[start : start + 500]
-            try:
-                with self.engine.begin() as connection:
-                    connection.execute(DELETE, {"task_ids": chunk})
-            except Exception:
-                with self._mutex:  # tried again next time; meanwhile the rows are young
-                    self._published[:0] = done[start:]
-                raise
+            parameters = {"cutoff": cutoff, "failed": failed, "after": after}
+            return connection.execute(ANY_DUE, parameters).first() is not None
 
     def _forget_gone(self) -> None:
         # Rows that another relay published (and deleted) are no longer this process's to wait
@@ -282,16 +271,17 @@ class Outbox:
         trouble = False
         next_relay = 0.0
         while not self._stopped:
-            self._wake.wait(min(self.retry, 0.25))
+            self._wake.wait(min(self.retry, DELETE_EVERY))
             self._wake.clear()
             try:
                 self.publish_pending()
-                self._delete_published()
+                self._published.delete_when_due()
                 if time.monotonic() >= next_relay:
                     next_relay = time.monotonic() + self.retry
-                    published = self.relay()
-                    if published:
-                        logger.warning("outbox: published %d messages it held", published)
+                    # Only what the relay claimed: what was submitted is no news.
+                    held = self._relay_due(self._cutoff())
+                    if held:
+                        logger.warning("outbox: published %d messages it held", held)
                 if trouble:
                     logger.warning("outbox: the database answers again")
                     trouble = False
@@ -299,6 +289,14 @@ class Outbox:
                 if not trouble:
                     logger.warning("outbox: the relay failed (%s); trying again", exc)
                 trouble = True
+        self._delete_on_stop()
+
+    def _delete_on_stop(self) -> None:
+        # What is left would be published again by a relay, after relay_after.
+        try:
+            self._published.delete()
+        except Exception as exc:
+            logger.warning("outbox: could not delete the rows it published (%s)", exc)
 
 
 def _identity(message: Message, queue: str) -> str:

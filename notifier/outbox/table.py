@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from notifier.errors import ConfigurationError
 
 __all__ = [
+    "ANY_DUE",
     "CLAIM",
     "DELETE",
     "EXISTING",
@@ -58,9 +59,12 @@ DELETE = sa.text(f"DELETE FROM {TABLE} WHERE task_id IN :task_ids").bindparams(
 EXISTING = sa.text(f"SELECT task_id FROM {TABLE} WHERE task_id IN :task_ids").bindparams(
     sa.bindparam("task_ids", expanding=True, type_=sa.Text)
 )
-_DUE = (
-    f"SELECT id, task_id, queue, message FROM {TABLE} "
-    "WHERE id > :after AND (created < :cutoff OR task_id IN :failed) ORDER BY id LIMIT :limit"
+_WHERE_DUE = f"FROM {TABLE} WHERE id > :after AND (created < :cutoff OR task_id IN :failed)"
+_DUE = f"SELECT id, task_id, queue, message {_WHERE_DUE} ORDER BY id LIMIT :limit"
+#: Whether a row is due, read without a lock: a relay that finds none takes no lock, which on
+#: SQLite is the whole database's write lock.
+ANY_DUE = sa.text(f"SELECT 1 {_WHERE_DUE} LIMIT 1").bindparams(
+    sa.bindparam("failed", expanding=True, type_=sa.Text)
 )
 #: The relay's claim of a batch of due rows, per dialect. On PostgreSQL the rows are locked
 #: with ``FOR UPDATE SKIP LOCKED``, so that relays of several processes never publish one row

@@ -458,6 +458,140 @@ def test_two_relays_at_once_on_one_sqlite_database_publish_every_row_once(url, d
     assert rows(database) == []
 
 
+# -- SQLite's write lock, which the app's requests hold ------------------------------------------
+
+
+def committed(url, titles):
+    """The messages of rows of ``titles`` that a request of this process just committed: what
+    its subscriber submits."""
+    create_table(url)
+    outgoing = [(article_message(title), "notifier") for title in titles]
+    engine = sa.create_engine(url)
+    with Session(engine) as session:
+        writer = Outbox(engine, refuse, lambda request: contextlib.nullcontext(session))
+        writer.write(None, outgoing)
+        session.commit()
+    engine.dispose()
+    return outgoing
+
+
+@contextlib.contextmanager
+def write_lock(database):
+    """SQLite's write lock on ``database``, held by another connection, as a request's
+    transaction holds it from its first write to its commit."""
+    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as connection:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            connection.execute("COMMIT")
+
+
+@pytest.fixture
+def relay_thread(url):
+    """``relay_thread(**options)``: an outbox of this process on ``url`` with its thread
+    running, and the broker it publishes to; stopped after the test."""
+    made = []
+
+    def relay_thread(**options):
+        broker = Broker()
+        made.append(Outbox(sa.create_engine(url), broker.publish, **options))
+        made[-1].start()
+        return made[-1], broker
+
+    yield relay_thread
+    for outbox in made:
+        outbox.stop()
+        outbox.engine.dispose()
+
+
+def test_a_delete_that_finds_the_database_locked_does_not_hold_back_the_next_publish(
+    url, database, relay_thread
+):
+    first, second = committed(url, ["One"]), committed(url, ["Two"])
+    outbox, broker = relay_thread()
+
+    with write_lock(database):
+        outbox.submit(first)
+        wait_until(lambda: broker.titles() == ["One"], 2, "One published")
+        time.sleep(0.4)  # the thread tried to delete its row, and met the request's lock
+        outbox.submit(second)
+        wait_until(lambda: broker.titles() == ["One", "Two"], 1, "Two published meanwhile")
+        assert rows(database) == ["One", "Two"]  # kept until deleted
+
+    wait_until(lambda: rows(database) == [], 2, "the rows deleted once the lock is free")
+    assert broker.titles() == ["One", "Two"]
+
+
+def test_published_rows_are_deleted_before_relay_after_even_while_requests_keep_the_lock_busy(
+    url, database, relay_thread, monkeypatch
+):
+    # After the first try, the thread would not try again without waiting for a while: what
+    # deletes the rows is its delete that waits, half relay_after after their commit.
+    monkeypatch.setattr("notifier.outbox.deleting.DELETE_EVERY", 30.0)
+    outgoing = committed(url, ["One", "Two"])
+    outbox, broker = relay_thread(relay_after=2.0)
+    held, done = threading.Event(), threading.Event()
+
+    def requests():  # the lock held nine tenths of the time
+        while not done.is_set():
+            with write_lock(database):
+                held.set()
+                time.sleep(0.3)
+            time.sleep(0.03)
+
+    busy = threading.Thread(target=requests)
+    busy.start()
+    try:
+        held.wait(2)
+        outbox.submit(outgoing)
+        wait_until(lambda: rows(database) == [], 1.8, "the published rows deleted")
+    finally:
+        done.set()
+        busy.join(5)
+
+    time.sleep(0.5)  # past relay_after: another process's relay finds nothing to publish again
+    other = Outbox(sa.create_engine(url), broker.publish, relay_after=2.0)
+    assert other.relay() == 0
+    assert broker.titles() == ["One", "Two"]
+    other.engine.dispose()
+
+
+def test_a_relay_pass_that_finds_nothing_due_takes_no_write_lock(url, database):
+    leave_rows(url, ["Recent"], age=0)
+    engine = sa.create_engine(url, connect_args={"timeout": 0.5})
+    outbox = Outbox(engine, Broker().publish, relay_after=10)
+
+    with write_lock(database):
+        started = time.monotonic()
+        assert outbox.relay() == 0
+        assert time.monotonic() - started < 0.4  # it did not wait for the request's lock
+
+    assert rows(database) == ["Recent"]
+    engine.dispose()
+
+
+def test_the_relay_thread_warns_only_of_the_messages_it_held_not_of_those_it_published_as_submitted(
+    url, database, relay_thread, caplog
+):
+    leave_rows(url, ["Left"], age=60)
+    first, second = committed(url, ["One"]), committed(url, ["Two"])
+
+    with caplog.at_level(logging.WARNING, logger="notifier"):
+        outbox, broker = relay_thread(retry=0.1)
+        with write_lock(database):  # the thread's delete meets a request's write
+            outbox.submit(first)
+            wait_until(lambda: "One" in broker.titles(), 2, "One published")
+            outbox.submit(second)
+            time.sleep(0.3)
+        wait_until(lambda: rows(database) == [], 3, "the outbox emptied")
+        time.sleep(0.3)  # more relay passes
+
+    assert sorted(broker.titles()) == ["Left", "One", "Two"]
+    held = [r.getMessage() for r in caplog.records if "messages it held" in r.getMessage()]
+    assert held == ["outbox: published 1 messages it held"]
+
+
 # -- start-up -----------------------------------------------------------------------------------
 
 
