@@ -70,11 +70,15 @@ class Collaborators:
     taker: Taker | None
     coverage: Coverage
     bound: DeliveryBound
-    pace: Pace
     #: Which listeners dispatch runs itself, by their pace.
     inline: Inline
     #: The registry's run wrappers, outermost first.
     wrappers: tuple[RunWrapper, ...]
+
+    @property
+    def pace(self) -> Pace:
+        """The listeners' run times in this process (a run wrapper feeds them)."""
+        return self.inline.pace
 
 
 def wire(app: Celery, registry: Registry) -> Collaborators:
@@ -122,7 +126,7 @@ def collaborators(
     pace = Pace(inline_budget)
     wrappers = (pace, bound, OrderedRuns(order_guard, on_defer=bound.forget))
     return Collaborators(
-        registry, dead_letters, order_guard, taker, coverage, bound, pace, Inline(pace), wrappers
+        registry, dead_letters, order_guard, taker, coverage, bound, Inline(pace), wrappers
     )
 
 
