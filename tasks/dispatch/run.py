@@ -285,13 +285,12 @@ class DispatchRun:
 
 
 def _noting_not_sent(
-    delivery: Delivery, listeners: list[Listener], step: Callable[[], object]
+    delivery: Delivery, listeners: list[Listener], step: Callable[[], list[str]]
 ) -> list[str]:
     # The names of ``listeners`` that ``step`` sent or ran; those the broker did not take are
     # noted on ``delivery``, for dispatch to try again.
     try:
-        step()
+        return step()
     except ListenersNotSent as exc:
         delivery.not_sent.extend(exc.listeners)
         return [listener.name for listener in listeners if listener.name not in exc.listeners]
-    return [listener.name for listener in listeners]
