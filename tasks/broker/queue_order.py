@@ -23,10 +23,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 
+from tasks.listeners.registry import LISTENER_QUEUE
+
 __all__ = ["LISTENER_QUEUES", "DispatchFirst"]
 
-#: The prefix of the listeners' own queues (tasks.listeners.registry.LISTENER_QUEUE).
-LISTENER_QUEUES = "notifier.listener."
+#: The prefix of the listeners' own queues.
+LISTENER_QUEUES = LISTENER_QUEUE.format(name="")
 
 
 class DispatchFirst:
