@@ -28,6 +28,15 @@ COUNT_WAIT = 5
 SETTLE_POLLS, SETTLE_EVERY = 5, 0.02
 
 
+def worker_idle(broker: redis.Redis, queues: list[str]) -> bool:
+    """Whether the worker on ``broker`` has nothing left: ``queues`` empty, nothing unacked."""
+    with broker.pipeline(transaction=False) as pipe:
+        pipe.hlen("unacked")
+        pipe.exists(*queues)
+        unacked, queued = pipe.execute()
+    return bool(unacked == 0 and queued == 0)
+
+
 class Drain:
     """Events per second a worker takes from publish to every listener done: the messages are
     published first to a Redis database the worker does not read, then moved (MOVE, atomic)
@@ -42,11 +51,7 @@ class Drain:
         self.staging = redis.Redis.from_url(self.staging_url)
 
     def idle(self) -> bool:
-        with self.worker_db.pipeline(transaction=False) as pipe:
-            pipe.hlen("unacked")
-            pipe.exists(*self.queues)
-            unacked, queued = pipe.execute()
-        return bool(unacked == 0 and queued == 0)
+        return worker_idle(self.worker_db, self.queues)
 
     def fill_and_move(self, fill: Callable[[], None], queue: str) -> float:
         """Fill ``queue`` in the staging database, move it into the worker's; return when."""

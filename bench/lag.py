@@ -30,6 +30,7 @@ from pathlib import Path
 import psutil
 import redis
 
+from bench.drain import worker_idle
 from bench.lag_listeners import INDEXED_KEY, RECEIVED_KEY, RECORDER, RESOURCE, SEARCH_INDEX, clock
 from bench.measure import Row, ms, percentile
 from bench.steady import Writers, Writes
@@ -100,11 +101,7 @@ class Deployment:
         return writers, database
 
     def idle(self) -> bool:
-        with self.broker.pipeline(transaction=False) as pipe:
-            pipe.hlen("unacked")
-            pipe.exists(*self.queues)
-            unacked, queued = pipe.execute()
-        return bool(unacked == 0 and queued == 0)
+        return worker_idle(self.broker, self.queues)
 
     def processes(self, writers: Writers) -> dict[str, list[psutil.Process]]:
         worker = psutil.Process(self.worker.pid)
