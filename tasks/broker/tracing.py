@@ -19,8 +19,8 @@ run, it pushes the listener's task and request onto Celery's stacks and pops the
 returns, leaving the dispatch task's as they were; it returns ``(retval, info, runtime, retstr)``
 where ``info`` is None after a success, else a ``TraceInfo`` whose ``state`` and ``retval`` (the
 exception) say how the run ended; a ``Reject`` raised by one of the task's hooks it raises.
-Only on the versions :func:`tasks.broker.internals_checked`
-accepts: on others, dispatch runs no listener inline.
+Only on the versions :func:`tasks.broker.internals_checked` accepts: on others, dispatch runs
+no listener inline.
 """
 
 from __future__ import annotations

@@ -19,14 +19,13 @@ the first attempt of every listener it may, on these terms:
   runs the listener's task with (:mod:`tasks.broker.tracing`), with the request its task would
   have had (its id ``<event_id>:<listener>``, its queue, no retries yet, the dispatch task as
   its parent), and a copy of the message of its own: the task's hooks are called and Celery's
-  signals sent, as for its own task. A run
-  that raises is retried as Celery retries the listener's task (``autoretry_for``, backoff,
-  ``max_retries``): Celery sends the task for its second attempt, and from then on the
-  listener's own task retries and fails as usual. An exception the listener does not retry
-  fails the task for good, and its message is kept as a dead letter, as its own task's would be
-  (tasks/dispatch/failures.py). ``Ignore`` is ignored quietly; ``Reject`` drops the message for
-  that listener, or with ``requeue=True`` sends it to its task again. The other listeners of
-  the message run whatever one of them did.
+  signals sent, as for its own task. A run that raises is retried as Celery retries the
+  listener's task (``autoretry_for``, backoff, ``max_retries``): Celery sends the task for its
+  second attempt, and from then on the listener's own task retries and fails as usual. An
+  exception the listener does not retry fails the task for good, and its message is kept as a
+  dead letter, as its own task's would be (tasks/dispatch/failures.py). ``Ignore`` is ignored
+  quietly; ``Reject`` drops the message for that listener, or with ``requeue=True`` sends it to
+  its task again. The other listeners of the message run whatever one of them did.
 - **A worker killed during the runs**: the bound on deliveries counts each run as its task's
   first attempt (:class:`tasks.dispatch.bound.DeliveryBound`); the dispatch message is handed
   out again, and then each listener that may run here gets its own task for its second
