@@ -5,6 +5,10 @@ others. With the taker of the broker (:mod:`tasks.broker.taking`), the tasks it 
 one round trip; the others through Celery. The broker refusing the message for some listeners
 does not keep it from the others: :class:`~notifier.errors.ListenersNotSent` names the ones it
 did not reach, for dispatch to try again.
+
+A run of dispatch that takes the messages queued behind its own keeps the tasks the taker writes
+for a round of them in :class:`RoundSends`, and writes them all in one round trip before the
+round is acknowledged: one round trip per round, not per message.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from kombu.exceptions import KombuError
 from notifier.errors import ListenersNotSent
 from notifier.wire.message import Message
 from tasks.broker.taking import Taker
-from tasks.dispatch.delivery import listener_task_id
+from tasks.dispatch.delivery import Delivery, listener_task_id
 from tasks.listeners.registry import Listener
 
-__all__ = ["SEND_ERRORS", "fan_out"]
+__all__ = ["SEND_ERRORS", "RoundSends", "fan_out"]
 
 logger = logging.getLogger("notifier")
 
@@ -72,6 +76,62 @@ def fan_out(
             not_sent.append(listener.name)
         else:
             sent.append(listener.name)
+    _log_sent(message, sent)
+    if not_sent:
+        raise ListenersNotSent(not_sent)
+    return sent
+
+
+class RoundSends:
+    """The listener tasks that ``taker`` writes for a round of taken messages, kept until
+    :meth:`send` writes them all in one round trip. The listeners of a message whose tasks the
+    broker did not take are added to its delivery's ``not_sent``, for dispatch to try again
+    (:class:`tasks.dispatch.run.DispatchRun` sends before it acknowledges a round)."""
+
+    def __init__(self, taker: Taker) -> None:
+        self.taker = taker
+        self.kept: list[tuple[Delivery, Message, list[Listener]]] = []
+
+    def add(self, delivery: Delivery, message: Message, listeners: list[Listener]) -> None:
+        """Keep the tasks of ``listeners`` (those the taker writes) for ``message``."""
+        if listeners:
+            self.kept.append((delivery, message, listeners))
+
+    def send(self) -> None:
+        """Write every task kept, in one round trip; forget them."""
+        kept, self.kept = self.kept, []
+        if not kept:
+            return
+        try:
+            self.taker.send(
+                (
+                    listener.task.name,
+                    listener_task_id(message.task_id, listener.name),
+                    message.as_dict(),
+                    listener.queue,
+                )
+                for _, message, listeners in kept
+                for listener in listeners
+            )
+        except (redis.RedisError, OSError) as exc:
+            logger.warning(
+                "the listener tasks of %d events taken were not sent, to be sent again: %r",
+                len(kept),
+                exc,
+            )
+            for delivery, _, listeners in kept:
+                delivery.not_sent.extend(listener.name for listener in listeners)
+            return
+        for _, message, listeners in kept:
+            _log_sent(message, [listener.name for listener in listeners])
+
+    def forget(self, delivery: Delivery | None = None) -> None:
+        """Drop what is kept (for ``delivery`` alone, when given): its messages are handed out
+        again whole."""
+        self.kept = [kept for kept in self.kept if delivery is not None and kept[0] is not delivery]
+
+
+def _log_sent(message: Message, sent: list[str]) -> None:
     logger.info(
         "event %s (%s %s) sent to %d listeners: %s",
         message.event_id,
@@ -80,6 +140,3 @@ def fan_out(
         len(sent),
         ", ".join(sent) or "none",
     )
-    if not_sent:
-        raise ListenersNotSent(not_sent)
-    return sent

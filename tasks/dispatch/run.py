@@ -29,7 +29,7 @@ from tasks.dispatch.batches import Batches
 from tasks.dispatch.coverage import Coverage
 from tasks.dispatch.delivery import Delivery
 from tasks.dispatch.failures import dead_letter_unreadable
-from tasks.dispatch.fan_out import SEND_ERRORS, fan_out
+from tasks.dispatch.fan_out import SEND_ERRORS, RoundSends, fan_out
 from tasks.dispatch.inline import Inline, hand_over, run_here
 from tasks.dispatch.pace import Pace
 from tasks.dispatch.retries import DISPATCH_RETRIES, dispatch_countdown
@@ -90,6 +90,8 @@ class DispatchRun:
         soft = registry.app.conf.task_soft_time_limit
         self.inline_until = clock() + soft / 2 if soft else None
         self.batches = Batches(self._send_batch, SEND_ERRORS)
+        # The tasks the taker writes for the messages taken, sent once per round.
+        self.round_sends = RoundSends(taker) if taker is not None else None
         self.clock = clock
         self.taken: list[Delivery] = []  # taken, not acknowledged yet
         self.started = clock()
@@ -122,9 +124,19 @@ class DispatchRun:
             return in_batches + elsewhere
         again = bool(delivery.retries or delivery.redelivered)
         where = self.inline.plan(listeners, again=again, only=only)
-        # Their own tasks first: other processes run them while this one runs the others.
         sent = where.sent
-        ran = _noting_not_sent(delivery, sent, lambda: fan_out(message, sent, self.taker))
+        round_sends = self.round_sends
+        if delivery.tag is not None and round_sends is not None:
+            # A taken message's tasks that the taker writes go with its round's, in one round
+            # trip before the round is acknowledged; the others are sent now.
+            kept = [listener for listener in sent if round_sends.taker.writes_for(listener.task)]
+            round_sends.add(delivery, message, kept)
+            sent = [listener for listener in sent if listener not in kept]
+            ran = [listener.name for listener in kept]
+        else:
+            ran = []
+        # Their own tasks first: other processes run them while this one runs the others.
+        ran += _noting_not_sent(delivery, sent, lambda: fan_out(message, sent, self.taker))
         handed = where.handed_over
         ran += _noting_not_sent(delivery, handed, lambda: hand_over(handed, data, message.task_id))
         here = where.here
@@ -196,6 +208,8 @@ class DispatchRun:
                 except BaseException:
                     # Left unacknowledged, for the sweep; the rest of the round given back.
                     self.taken.remove(delivery)
+                    if self.round_sends is not None:
+                        self.round_sends.forget(delivery)
                     taker.release([item.tag])
                     self._give_back(readable[index + 1 :])
                     raise
@@ -209,6 +223,8 @@ class DispatchRun:
     def give_up(self) -> None:
         """Stop holding the taken messages left (an error cut the run short): the broker's
         sweep hands them out again after the visibility timeout."""
+        if self.round_sends is not None:
+            self.round_sends.forget()
         if self.taker is not None and self.taken:
             self.taker.release(delivery.tag for delivery in self.taken if delivery.tag)
             logger.warning(
@@ -217,8 +233,11 @@ class DispatchRun:
             self.taken = []
 
     def _settle(self) -> None:
-        # Acknowledge each taken message fully handled; send again those with listeners missed.
+        # Send the round's tasks; acknowledge each taken message fully handled; send again
+        # those with listeners missed.
         assert self.taker is not None or not self.taken
+        if self.round_sends is not None:
+            self.round_sends.send()
         done, left = [], []
         for delivery in self.taken:
             if delivery.pending:

@@ -227,6 +227,56 @@ def test_dispatch_sends_the_listeners_of_every_message_it_takes_and_acknowledges
     assert client.llen(QUEUE) == 0
 
 
+def test_the_listener_tasks_of_a_round_taken_are_written_in_one_round_trip_before_its_ack(
+    monkeypatch, client, taker, registry, dead_letters
+):
+    registry.listener("article", name="search.index")(ignore)
+    registry.listener("article", name="mail.new_article")(ignore)
+    ids = [queue_dispatch(client, message(number=number)) for number in range(3)]
+    writes = []
+    real_send = taker.send
+
+    def send(tasks):
+        tasks = list(tasks)
+        writes.append((len(tasks), client.hlen("unacked")))
+        real_send(tasks)
+
+    monkeypatch.setattr(taker, "send", send)
+    run = DispatchRun(registry, dead_letters, QUEUE, taker)
+
+    run.take_more()
+    run.finish()
+
+    assert writes == [(6, 3)]  # every task of the three messages, while they were unacknowledged
+    assert [task["headers"]["id"] for task in listener_tasks(client, registry, "search.index")] == [
+        f"{id}:search.index" for id in ids
+    ]
+    assert client.hlen("unacked") == 0
+
+
+def test_a_round_whose_listener_tasks_the_broker_refused_is_sent_again_message_by_message(
+    monkeypatch, client, taker, registry, dead_letters, caplog
+):
+    registry.listener("article", name="search.index")(ignore)
+    ids = [queue_dispatch(client, message(number=number)) for number in range(2)]
+
+    def refuse(tasks):
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr(taker, "send", refuse)
+    dispatch = Resent()
+    run = DispatchRun(registry, dead_letters, QUEUE, taker, dispatch=dispatch)
+
+    run.take_more()
+    run.finish()
+
+    assert [(again["task_id"], again["kwargs"]) for again in dispatch.sent] == [
+        (id, {"only": ["search.index"]}) for id in ids
+    ]
+    assert "the listener tasks of 2 events taken were not sent" in caplog.text
+    assert client.hlen("unacked") == 0
+
+
 def test_a_malformed_message_taken_ends_in_the_dead_letters_and_is_acknowledged(
     client, taker, registry, dead_letters
 ):
@@ -369,8 +419,9 @@ def test_a_run_whose_taking_fails_still_sends_the_batch_of_its_own_message(
     assert list(dead_letters) == []
 
 
+@pytest.mark.parametrize("raises", ["before its tasks are kept", "after its tasks are kept"])
 def test_a_taken_message_whose_handling_raises_is_left_to_the_sweep_and_the_rest_given_back(
-    monkeypatch, client, taker, registry, dead_letters
+    monkeypatch, client, taker, registry, dead_letters, raises
 ):
     registry.listener("article", name="search.index")(ignore)
     ids = [queue_dispatch(client, message(number=number)) for number in range(3)]
@@ -378,9 +429,11 @@ def test_a_taken_message_whose_handling_raises_is_left_to_the_sweep_and_the_rest
     real_handle = run.handle
 
     def handle(delivery):
-        if delivery.task_id == ids[1]:
-            raise RuntimeError("a bug in handling")
-        return real_handle(delivery)
+        if delivery.task_id != ids[1]:
+            return real_handle(delivery)
+        if raises.startswith("after"):
+            real_handle(delivery)
+        raise RuntimeError("a bug in handling")
 
     monkeypatch.setattr(run, "handle", handle)
 
