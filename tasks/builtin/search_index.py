@@ -22,8 +22,10 @@ WHERE records_fts MATCH ? AND NOT r.deleted ORDER BY rank``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from typing import Any
@@ -115,31 +117,55 @@ def _match_expression(query: str) -> str:
     return " ".join('"' + word + '"' for word in words)
 
 
+#: Connections a process had when it forked: never used nor closed in the child (SQLite's
+#: rule), so kept referenced here rather than left to the garbage collector.
+_inherited: list[sqlite3.Connection] = []
+
+
+def _open(path: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=30)
+    connection.execute("PRAGMA journal_mode=WAL")
+    return connection
+
+
 class SearchIndex:
-    """A full-text index of records in one SQLite file, safe to share between processes."""
+    """A full-text index of records in one SQLite file, safe to share between processes and
+    threads: each keeps a connection of its own open (opening one per change cost more than
+    the change: py-spy, on the bench's lag row)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        with self._connect(write=False) as connection:
-            connection.executescript(_SCHEMA)
-        with self._connect() as connection:
-            # Files written before parents were JSON objects held lists of [key, value] pairs.
-            listed = connection.execute("SELECT id, parent FROM records WHERE parent LIKE '[%'")
-            connection.executemany(
-                "UPDATE records SET parent = ? WHERE id = ?",
-                [(canonical(json.loads(parent)), row) for row, parent in listed.fetchall()],
-            )
+        self._local = threading.local()
+        # The schema with a connection closed at once: this may run before a pool forks.
+        with closing(_open(path)) as connection:
+            with connection:
+                connection.executescript(_SCHEMA)
+            with connection:
+                # Files written before parents were JSON objects held [key, value] pairs.
+                listed = connection.execute("SELECT id, parent FROM records WHERE parent LIKE '[%'")
+                connection.executemany(
+                    "UPDATE records SET parent = ? WHERE id = ?",
+                    [(canonical(json.loads(parent)), row) for row, parent in listed.fetchall()],
+                )
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            if getattr(local, "connection", None) is not None:
+                _inherited.append(local.connection)
+            local.connection, local.pid = _open(self.path), os.getpid()
+        connection: sqlite3.Connection = local.connection
+        return connection
 
     @contextmanager
     def _connect(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-            with connection:  # one transaction: committed, or rolled back on error
-                if write:
-                    # The write lock first: what a change reads (the drops above it, the row
-                    # it replaces) cannot change under it before it writes.
-                    connection.execute("BEGIN IMMEDIATE")
-                yield connection
+        connection = self._connection()
+        with connection:  # one transaction: committed, or rolled back on error
+            if write:
+                # The write lock first: what a change reads (the drops above it, the row it
+                # replaces) cannot change under it before it writes.
+                connection.execute("BEGIN IMMEDIATE")
+            yield connection
 
     def apply(self, event: Event, parents: frozenset[str] = frozenset()) -> None:
         """Bring the index up to date with ``event``; the delete of one of ``parents``

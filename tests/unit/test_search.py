@@ -1,6 +1,7 @@
 """tasks.builtin.search_index.SearchIndex: the search index listener's SQLite full-text index."""
 
 import sqlite3
+import threading
 from contextlib import closing
 
 import pytest
@@ -269,6 +270,17 @@ def test_the_index_survives_reopening(tmp_path):
     SearchIndex(path).apply(created(PARIS))
 
     assert SearchIndex(path).search("paris") == [PARIS]
+
+
+def test_threads_sharing_an_index_each_write_and_read_every_change(index):
+    records = [{"id": f"t{n}", "title": f"thread {n} words", "last_modified": n} for n in range(8)]
+    threads = [threading.Thread(target=index.apply, args=(created(r),)) for r in records]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert titles(index.search("words")) == titles(records)
 
 
 def test_readers_can_query_the_documented_schema_with_sql(index):
