@@ -7,8 +7,8 @@ the row's settings over it (its SQLite file, the bench's broker, the outbox on o
 call its WSGI callable: the same Pyramid app, transaction manager, SQLite file, notifier's
 subscriber and outbox as a server runs, without HTTP's parsing and socket (waitress and an HTTP
 client cost about 1 ms of CPU a write more, and the writer of the bench another process). Every
-writer writes the one SQLite file, in the journal mode the app leaves it in (it has no setting
-for another): writes wait for each other on its write lock, as a server's threads would.
+writer writes the one SQLite file, in the WAL mode the app sets on it: writes wait for each
+other on its write lock, as a server's threads would.
 
 Open loop: write ``n`` is due at ``t0 + n / rate``; writer ``k`` takes the writes with
 ``n % WRITERS == k``, each sent by whichever of its :data:`THREADS` threads is free, whether or
