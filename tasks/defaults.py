@@ -59,6 +59,9 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
         # The longest average run, in seconds, of a listener that dispatch runs itself
         # (tasks/dispatch/pace.py); a slower one gets its own task. 0: every listener does.
         "notifier_inline_budget": environ.get("NOTIFIER_INLINE_BUDGET", "0.02"),
+        # How long, in seconds, a dispatch run waits for the next message once its queue is
+        # empty, before it ends (tasks/dispatch/run.py). 0: it ends at once.
+        "notifier_dispatch_linger": environ.get("NOTIFIER_DISPATCH_LINGER", "0.02"),
         # None: the broker's Redis (tasks.settings reads the broker URL the worker ends with).
         "notifier_dead_letters_url": environ.get("NOTIFIER_DEAD_LETTERS_URL"),
         "notifier_order_url": environ.get("NOTIFIER_ORDER_URL"),

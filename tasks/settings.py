@@ -25,6 +25,7 @@ from notifier.wire.routing import RoutingTable
 from tasks.builtin.search import register_search_index
 from tasks.defaults import config_module
 from tasks.dispatch.pace import INLINE_BUDGET
+from tasks.dispatch.run import LINGER
 from tasks.listeners.registry import Registry
 
 __all__ = [
@@ -55,6 +56,8 @@ class WorkerSettings:
     dispatch_only: bool = False
     #: The longest average run of a listener that dispatch runs itself, in seconds.
     inline_budget: float = INLINE_BUDGET
+    #: How long a dispatch run waits for the next message once its queue is empty, in seconds.
+    linger: float = LINGER
 
 
 def configure(app: Celery, registry: Registry) -> WorkerSettings:
@@ -84,8 +87,14 @@ def configure(app: Celery, registry: Registry) -> WorkerSettings:
     # second).
     timeout = _check_visibility_timeout(conf.notifier_visibility_timeout)
     conf.notifier_visibility_timeout = timeout
-    budget = _check_inline_budget(conf.get("notifier_inline_budget", INLINE_BUDGET))
+    budget = _check_seconds(
+        "NOTIFIER_INLINE_BUDGET", conf.get("notifier_inline_budget", INLINE_BUDGET), 60
+    )
     conf.notifier_inline_budget = budget
+    linger = _check_seconds(
+        "NOTIFIER_DISPATCH_LINGER", conf.get("notifier_dispatch_linger", LINGER), 1
+    )
+    conf.notifier_dispatch_linger = linger
     conf.broker_transport_options = {
         "unacked_restore_interval": max(1, timeout // 10),
         "unacked_restore_throttle": 1,
@@ -105,6 +114,7 @@ def configure(app: Celery, registry: Registry) -> WorkerSettings:
         timeout,
         only_dispatches,
         budget,
+        linger,
     )
     app.notifier_settings = settings  # type: ignore[attr-defined]
     return settings
@@ -215,12 +225,20 @@ def _check_visibility_timeout(value: Any) -> int:
     return seconds
 
 
-def _check_inline_budget(value: Any) -> float:
-    allowed = "a number of seconds from 0 (no listener runs in dispatch) to 60; default 0.02"
+#: What each setting of :func:`_check_seconds` means at 0, and its default.
+_SECONDS = {
+    "NOTIFIER_INLINE_BUDGET": f"0 (no listener runs in dispatch); default {INLINE_BUDGET}",
+    "NOTIFIER_DISPATCH_LINGER": f"0 (a run ends at an empty queue); default {LINGER}",
+}
+
+
+def _check_seconds(name: str, value: Any, most: float) -> float:
+    zero, default = _SECONDS[name].split("; ")
+    allowed = f"a number of seconds from {zero} to {most:g}; {default}"
     try:
         seconds = float(value)
     except (TypeError, ValueError):
-        raise ConfigurationError("NOTIFIER_INLINE_BUDGET", value, allowed) from None
-    if isinstance(value, bool) or not 0 <= seconds <= 60:
-        raise ConfigurationError("NOTIFIER_INLINE_BUDGET", value, allowed)
+        raise ConfigurationError(name, value, allowed) from None
+    if isinstance(value, bool) or not 0 <= seconds <= most:
+        raise ConfigurationError(name, value, allowed)
     return seconds

@@ -74,6 +74,8 @@ class Collaborators:
     inline: Inline
     #: The registry's run wrappers, outermost first.
     wrappers: tuple[RunWrapper, ...]
+    #: How long a dispatch run waits for the next message once its queue is empty.
+    linger: float = 0.0
 
     @property
     def pace(self) -> Pace:
@@ -98,6 +100,7 @@ def wire(app: Celery, registry: Registry) -> Collaborators:
         taker_of(app),
         only_dispatches=settings.dispatch_only,
         inline_budget=settings.inline_budget,
+        linger=settings.linger,
     )
     bind(app, built)
     return built
@@ -112,10 +115,12 @@ def collaborators(
     fleet: Fleet | None = None,
     only_dispatches: bool = False,
     inline_budget: float = INLINE_BUDGET,
+    linger: float = 0.0,
 ) -> Collaborators:
     """The collaborators of a worker of ``registry``, around these stores: what :func:`wire`
-    builds from the settings. ``inline_budget``: the pace's budget. ``fleet``: the live
-    workers' records (default: beside the dead letters, where workers announce them)."""
+    builds from the settings. ``inline_budget``: the pace's budget; ``linger``: the dispatch
+    runs'. ``fleet``: the live workers' records (default: beside the dead letters, where
+    workers announce them)."""
     bound = DeliveryBound(registry, dead_letters)
     coverage = Coverage(
         fleet or Fleet(dead_letters.client),
@@ -126,7 +131,7 @@ def collaborators(
     pace = Pace(inline_budget)
     wrappers = (pace, bound, OrderedRuns(order_guard, on_defer=bound.forget))
     return Collaborators(
-        registry, dead_letters, order_guard, taker, coverage, bound, Inline(pace), wrappers
+        registry, dead_letters, order_guard, taker, coverage, bound, Inline(pace), wrappers, linger
     )
 
 

@@ -35,7 +35,7 @@ from tasks.dispatch.pace import Pace
 from tasks.dispatch.retries import DISPATCH_RETRIES, dispatch_countdown
 from tasks.listeners.registry import Listener, Registry
 
-__all__ = ["TAKE_AT_MOST", "TAKE_BYTES", "TAKE_FOR", "DispatchRun"]
+__all__ = ["LINGER", "TAKE_AT_MOST", "TAKE_BYTES", "TAKE_FOR", "TAKE_POLL", "DispatchRun"]
 
 logger = logging.getLogger("notifier")
 
@@ -44,6 +44,12 @@ logger = logging.getLogger("notifier")
 #: the messages taken and not handled yet go back to their queue.
 TAKE_AT_MOST = 100
 TAKE_FOR = 0.1  # of the visibility timeout
+#: How long the worker's runs wait for the next message once their queue is empty, by default
+#: (NOTIFIER_DISPATCH_LINGER), and how often they look again meanwhile: a flow of events that
+#: would each start a Celery task of its own (a few ms of the worker's CPU each, where taking
+#: one costs a tenth of that) is taken by few runs.
+LINGER = 0.02
+TAKE_POLL = 0.002
 #: How many bytes of messages one round of taking holds at most (and the first one whatever its
 #: size). With at most BATCH_BYTES in each batch listener's batch (tasks/dispatch/batches.py),
 #: this bounds the messages one run holds, whatever the size of the event whose parts it takes.
@@ -74,7 +80,9 @@ class DispatchRun:
         inline: Inline | None = None,
         dispatch: Task[Any, Any] | None = None,
         hostname: str | None = None,
+        linger: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.registry = registry
         self.dead_letters = dead_letters
@@ -93,6 +101,8 @@ class DispatchRun:
         # The tasks the taker writes for the messages taken, sent once per round.
         self.round_sends = RoundSends(taker) if taker is not None else None
         self.clock = clock
+        self.linger = linger
+        self.sleep = sleep
         self.taken: list[Delivery] = []  # taken, not acknowledged yet
         self.started = clock()
 
@@ -176,11 +186,19 @@ class DispatchRun:
         largest_batch = max((listener.batch or 0 for listener in self.registry), default=0)
         limit = max(TAKE_AT_MOST, largest_batch) - 1  # its own message is one
         deadline = self.started + taker.visibility_timeout * TAKE_FOR
-        count = 0
+        count, empty_since = 0, None
         while count < limit and self.clock() < deadline:
             taken = taker.take(queue, limit - count, TAKE_BYTES)
             if not taken:
-                return
+                # An empty queue: wait ``linger`` for the next message before ending the run
+                # (and its Celery task), so that a steady flow is taken by few runs.
+                now = self.clock()
+                empty_since = now if empty_since is None else empty_since
+                if now - empty_since >= self.linger:
+                    return
+                self.sleep(TAKE_POLL)
+                continue
+            empty_since = None
             count += len(taken)
             readable = [item for item in taken if item.problem is None]
             unreadable = [item for item in taken if item.problem is not None]

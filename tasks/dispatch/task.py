@@ -54,6 +54,7 @@ def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) 
         inline=built.inline,
         dispatch=self,
         hostname=self.request.hostname,
+        linger=built.linger,
     )
     try:
         sent = run.handle(own)

@@ -277,6 +277,36 @@ def test_a_round_whose_listener_tasks_the_broker_refused_is_sent_again_message_b
     assert client.hlen("unacked") == 0
 
 
+def test_a_run_that_found_its_queue_empty_takes_what_comes_while_it_lingers_then_ends(
+    client, taker, registry, dead_letters
+):
+    registry.listener("article", name="search.index")(ignore)
+    first = queue_dispatch(client, message(number=1))
+    now = [0.0]
+    arrivals = {0.002: message(number=2)}  # one message 2 ms after the queue ran empty
+    later = []
+
+    def sleep(seconds):
+        now[0] = round(now[0] + seconds, 6)
+        if now[0] in arrivals:
+            later.append(queue_dispatch(client, arrivals.pop(now[0])))
+
+    run = DispatchRun(
+        registry, dead_letters, QUEUE, taker, linger=0.01, clock=lambda: now[0], sleep=sleep
+    )
+
+    run.take_more()
+    run.finish()
+
+    sent = listener_tasks(client, registry, "search.index")
+    assert [task["headers"]["id"] for task in sent] == [
+        f"{id}:search.index" for id in (first, *later)
+    ]
+    # It looked again every 2 ms and ended 10 ms after the queue ran empty the second time.
+    assert 0.01 <= now[0] <= 0.014
+    assert client.hlen("unacked") == 0
+
+
 def test_a_malformed_message_taken_ends_in_the_dead_letters_and_is_acknowledged(
     client, taker, registry, dead_letters
 ):

@@ -73,6 +73,14 @@ def start_worker_side(code=START, **environ):
             )
             for value in ("5ms", "-0.001", "61", "nan", "")
         ],
+        *[
+            (
+                {"NOTIFIER_DISPATCH_LINGER": value},
+                f"NOTIFIER_DISPATCH_LINGER = {value!r} is not valid: a number of seconds from 0 "
+                "(a run ends at an empty queue) to 1; default 0.02",
+            )
+            for value in ("20ms", "-1", "1.5")
+        ],
         (
             {"CELERY_BROKER_URL": "localhost:6379"},
             "CELERY_BROKER_URL = 'localhost:6379' is not valid: a URL whose scheme is one of "
@@ -136,6 +144,9 @@ def start_worker_side(code=START, **environ):
         "inline-budget-over-a-minute",
         "inline-budget-nan",
         "inline-budget-empty",
+        "dispatch-linger-with-a-unit",
+        "dispatch-linger-negative",
+        "dispatch-linger-over-a-second",
         "broker-url-no-scheme",
         "broker-url-another-transport",
         "broker-url-failover-bad-port",
@@ -186,6 +197,18 @@ def test_the_inline_budget_is_the_pace_dispatch_keeps_its_listeners_to():
 
     assert started.returncode == 0, started.stderr
     assert started.stdout.split() == ["0.02", "0.02"]
+
+
+def test_the_dispatch_linger_is_how_long_the_worker_s_dispatch_runs_wait_for_more():
+    started = start_worker_side(
+        f"{START}; from tasks.app import app; from tasks.wiring import wire; "
+        "from tasks.listeners.registry import Registry; "
+        "print(app.conf.notifier_dispatch_linger, wire(app, Registry(app)).linger)",
+        NOTIFIER_DISPATCH_LINGER="0.05",
+    )
+
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.split() == ["0.05", "0.05"]
 
 
 def test_a_worker_takes_dispatch_messages_before_its_listeners_own_tasks(tmp_path):
