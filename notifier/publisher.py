@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from notifier.wire.message import DISPATCH_TASK, Message
-from notifier.wire.protocol import direct_redis_url, task_message
+from notifier.wire.protocol import direct_redis_url, published, task_message
 
 __all__ = ["CeleryPublisher"]
 
@@ -74,6 +74,7 @@ class CeleryPublisher:
         if self.client is not None:
             task = task_message(DISPATCH_TASK, message.task_id, [message.as_dict()], queue)
             self.client.lpush(queue, task)
+            published(task)
             return
         self.app.send_task(
             DISPATCH_TASK,

@@ -22,6 +22,12 @@ The internals relied on, checked on Celery 5.7.0 and kombu 5.7.0:
   The body is left as plain JSON: without ``properties.body_encoding`` kombu reads it as it
   is (its default, base64, is optional).
 
+Celery's ``before_task_publish`` and ``after_task_publish`` signals are sent for each message
+written, as ``send_task`` sends them (:func:`task_message` and :func:`published`), when they
+have receivers: what a ``before_task_publish`` receiver adds to the headers is in the message
+(OpenTelemetry's Celery instrumentation adds the trace's context so). Without receivers the
+message is written from strings, as fast as before.
+
 A new Celery or kombu release may change either: the tests in ``tests/unit/test_publisher.py``
 compare this message with what Celery's own ``send_task`` writes.
 
@@ -36,9 +42,10 @@ import uuid
 from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+from celery import signals
 from celery.utils.nodenames import anon_nodename
 
-__all__ = ["argsrepr", "direct_redis_url", "redis_url", "task_message"]
+__all__ = ["argsrepr", "direct_redis_url", "published", "redis_url", "task_message"]
 
 #: What Celery 5's ``send_task`` puts in every task message besides the task's name and id (task
 #: protocol 2): no eta, no expiry, no group, no time limits, no parent, and ``ignore_result``
@@ -52,7 +59,6 @@ _HEADERS: dict[str, object] = {
     "group_index": None,
     "retries": 0,
     "timelimit": [None, None],
-    "parent_id": None,
     "kwargsrepr": "{}",
     "ignore_result": None,
     "replaced_task_nesting": 0,
@@ -66,20 +72,29 @@ _ORIGIN = anon_nodename()  # what Celery's client names itself: gen<pid>@<host>
 _SAME_HEADERS = json.dumps({**_HEADERS, "origin": _ORIGIN})[1:-1]
 
 
-def task_message(task: str, task_id: str, args: list[object], queue: str) -> str:
+def task_message(
+    task: str, task_id: str, args: list[object], queue: str, *, parent_id: str | None = None
+) -> str:
     """The JSON that kombu's Redis transport keeps in a queue's list for the Celery task
-    ``task`` sent with ``args`` to ``queue``, as ``send_task(task, args, queue=queue)`` would.
+    ``task`` sent with ``args`` to ``queue``, as ``send_task(task, args, queue=queue)`` would;
+    ``parent_id``: the task that sends it, whose id is its root's too (None: it is its own
+    root). Sends ``before_task_publish`` (see the module's doc): call :func:`published` once
+    the broker has it.
 
     Unlike Celery, the body is not base64-encoded (kombu's ``body_encoding`` is optional: a
     1 KB message stays about 1 KB instead of becoming 2.7 KB); the exchange is the default one,
     so that the message is restored to ``queue`` by name after a worker died holding it; and
     ``argsrepr`` names the message instead of repeating it (a worker's log shows it).
     """
+    if signals.before_task_publish.receivers:
+        return _signalled(task, task_id, args, queue, parent_id)
     body = json.dumps([args, {}, _EMBED], separators=(",", ":"))
+    root_id = json.dumps(parent_id or task_id)
     task_id = json.dumps(task_id)
     headers = (
         f'{{{_SAME_HEADERS}, "task": {json.dumps(task)}, "id": {task_id}, '
-        f'"root_id": {task_id}, "argsrepr": {json.dumps(argsrepr(args))}}}'
+        f'"root_id": {root_id}, "parent_id": {json.dumps(parent_id)}, '
+        f'"argsrepr": {json.dumps(argsrepr(args))}}}'
     )
     properties = (
         f'{{"correlation_id": {task_id}, "reply_to": "", "delivery_mode": 2, '
@@ -90,6 +105,65 @@ def task_message(task: str, task_id: str, args: list[object], queue: str) -> str
     return (
         f'{{"body":{json.dumps(body)},"content-encoding":"utf-8",'
         f'"content-type":"application/json","headers":{headers},"properties":{properties}}}'
+    )
+
+
+def _signalled(
+    task: str, task_id: str, args: list[object], queue: str, parent_id: str | None
+) -> str:
+    # The message as dicts, which the receivers of before_task_publish are given (and may add
+    # headers to), as Celery's AMQP.send_task_message gives them; then encoded.
+    headers: dict[str, object] = {
+        **_HEADERS,
+        "origin": _ORIGIN,
+        "task": task,
+        "id": task_id,
+        "root_id": parent_id or task_id,
+        "parent_id": parent_id,
+        "argsrepr": argsrepr(args),
+    }
+    body: tuple[object, ...] = (args, {}, dict(_EMBED))
+    properties: dict[str, object] = {
+        "correlation_id": task_id,
+        "reply_to": "",
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": queue},
+        "priority": 0,
+        "delivery_tag": uuid.uuid4().hex,
+    }
+    signals.before_task_publish.send(
+        sender=task,
+        body=body,
+        exchange="",
+        routing_key=queue,
+        headers=headers,
+        properties=properties,
+        declare=[],
+        retry_policy=None,
+    )
+    envelope = {
+        "body": json.dumps(body, separators=(",", ":")),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": properties,
+    }
+    return json.dumps(envelope)
+
+
+def published(message: str) -> None:
+    """Send ``after_task_publish`` for ``message`` (what :func:`task_message` returned), which
+    the broker took, when the signal has receivers."""
+    if not signals.after_task_publish.receivers:
+        return
+    envelope = json.loads(message)
+    headers = envelope["headers"]
+    signals.after_task_publish.send(
+        sender=headers["task"],
+        body=tuple(json.loads(envelope["body"])),
+        exchange="",
+        routing_key=envelope["properties"]["delivery_info"]["routing_key"],
+        headers=headers,
     )
 
 

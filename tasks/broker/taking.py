@@ -56,7 +56,7 @@ import redis
 from celery import Celery
 
 from notifier.wire.message import DISPATCH_TASK
-from notifier.wire.protocol import direct_redis_url, task_message
+from notifier.wire.protocol import direct_redis_url, published, task_message
 from tasks.broker.lua import lua_script
 from tasks.broker.taken import Taken
 from tasks.broker.versions import internals_checked
@@ -124,16 +124,22 @@ class Taker:
         of kombu's plain queue list)."""
         return not (task.priority or task.app.conf.task_default_priority)
 
-    def send(self, tasks: Iterable[tuple[str, str, Any, str]]) -> None:
-        """Send Celery tasks, each ``(task name, task id, its one argument, queue)``, in one
-        round trip: the task message Celery would send (:func:`notifier.wire.protocol.task_message`,
-        what the web side writes too) LPUSHed into each queue's list, as kombu's Redis transport
-        does, without kombu's cost per message (a base64 body, ``argsrepr``, one round trip per
-        task). Celery's ``before_task_publish``/``after_task_publish`` signals are not sent."""
+    def send(self, tasks: Iterable[tuple[str, str, Any, str, str | None]]) -> None:
+        """Send Celery tasks, each ``(task name, task id, its one argument, queue, the id of
+        the task that sends it)``, in one round trip: the task message Celery would send
+        (:func:`notifier.wire.protocol.task_message`, what the web side writes too) LPUSHed into
+        each queue's list, as kombu's Redis transport does, without kombu's cost per message (a
+        base64 body, ``argsrepr``, one round trip per task). Celery's ``before_task_publish``
+        and ``after_task_publish`` signals are sent for each, when they have receivers."""
+        written = []
         with self.client.pipeline(transaction=False) as pipe:
-            for name, task_id, argument, queue in tasks:
-                pipe.lpush(self.key_prefix + queue, task_message(name, task_id, [argument], queue))
+            for name, task_id, argument, queue, parent_id in tasks:
+                message = task_message(name, task_id, [argument], queue, parent_id=parent_id)
+                pipe.lpush(self.key_prefix + queue, message)
+                written.append(message)
             pipe.execute()
+        for message in written:
+            published(message)
 
     def give_back(self, queue: str, taken: list[Taken]) -> None:
         """Put messages taken and not handled back at the head of ``queue``, oldest next, as

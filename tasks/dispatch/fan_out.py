@@ -54,6 +54,7 @@ def fan_out(
                     listener_task_id(message.task_id, listener.name),
                     message.as_dict(),
                     listener.queue,
+                    message.task_id,
                 )
                 for listener in written
             )
@@ -109,6 +110,7 @@ class RoundSends:
                     listener_task_id(message.task_id, listener.name),
                     message.as_dict(),
                     listener.queue,
+                    message.task_id,
                 )
                 for _, message, listeners in kept
                 for listener in listeners

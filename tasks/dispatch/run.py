@@ -316,7 +316,10 @@ class DispatchRun:
 
     def _send_batch(self, listener: Listener, messages: Any, task_id: str) -> None:
         if self.taker is not None and self.taker.writes_for(listener.task):
-            self.taker.send([(listener.task.name, task_id, messages, listener.queue)])
+            # Sent by this run's own dispatch task, as apply_async inside it would say.
+            request = getattr(self.dispatch, "request", None)
+            parent_id = getattr(request, "id", None)
+            self.taker.send([(listener.task.name, task_id, messages, listener.queue, parent_id)])
         else:
             listener.task.apply_async(args=(messages,), task_id=task_id, queue=listener.queue)
 

@@ -9,6 +9,7 @@ import time
 import fakeredis
 import pytest
 import redis
+from celery import signals
 from kombu.exceptions import EncodeError
 from kombu.transport.redis import Channel
 from kombu.transport.virtual import Message as kombu_message
@@ -225,3 +226,75 @@ def test_a_broker_url_redis_py_cannot_set_up_is_published_through_celery(monkeyp
     publisher = CeleryPublisher("redis://127.0.0.1:1/0", timeout=0.5)
 
     assert publisher.client is None
+
+
+# Celery's publish signals, on the Redis path that writes without Celery -----------------------
+
+
+@pytest.fixture
+def publish_signals():
+    """What before_task_publish and after_task_publish receivers were given, in order; the
+    before receiver adds a header, as OpenTelemetry's Celery instrumentation adds its context."""
+    seen = []
+
+    def before(sender=None, headers=None, **kwargs):
+        seen.append(("before", sender, dict(headers), kwargs))
+        headers["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    def after(sender=None, headers=None, **kwargs):
+        seen.append(("after", sender, dict(headers), kwargs))
+
+    signals.before_task_publish.connect(before, weak=False)
+    signals.after_task_publish.connect(after, weak=False)
+    yield seen
+    signals.before_task_publish.disconnect(before)
+    signals.after_task_publish.disconnect(after)
+
+
+def test_on_redis_publish_signals_are_sent_as_send_task_sends_them(
+    redis_publisher, publish_signals
+):
+    sent = message()
+
+    redis_publisher.publish(sent, "notifier")
+
+    [(_, before_sender, before_headers, before), (_, after_sender, after_headers, after)] = (
+        publish_signals
+    )
+    assert before_sender == after_sender == DISPATCH_TASK
+    assert (before_headers["id"], before_headers["root_id"]) == (sent.task_id, sent.task_id)
+    assert before["routing_key"] == after["routing_key"] == "notifier"
+    assert before["body"][0] == [sent.as_dict()] == list(after["body"][0])
+    assert before["properties"]["delivery_info"] == {"exchange": "", "routing_key": "notifier"}
+    # What the before receiver added is in the message a worker takes, and in what after saw.
+    delivered = received_from_redis(redis_publisher, "notifier")
+    assert delivered.headers["traceparent"] == after_headers["traceparent"]
+    assert decode(delivered.decode()[0][0]) == decode(sent.as_dict())
+
+
+def test_on_redis_a_message_written_for_signal_receivers_is_the_one_written_without():
+    sent = message()
+    plain = json.loads(task_message(DISPATCH_TASK, sent.task_id, [sent.as_dict()], "q"))
+
+    def receiver(**kwargs):
+        pass
+
+    signals.before_task_publish.connect(receiver)
+    try:
+        signalled = json.loads(task_message(DISPATCH_TASK, sent.task_id, [sent.as_dict()], "q"))
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+
+    for envelope in (signalled, plain):
+        del envelope["properties"]["delivery_tag"]
+        envelope["body"] = json.loads(envelope["body"])
+    assert signalled == plain
+
+
+def test_on_redis_a_message_the_broker_refused_sends_no_after_task_publish(publish_signals):
+    publisher = CeleryPublisher("redis://127.0.0.1:1/0", timeout=0.5)  # nothing listens there
+
+    with pytest.raises(redis.ConnectionError):
+        publisher.publish(message(), "notifier")
+
+    assert [what for what, *_ in publish_signals] == ["before"]

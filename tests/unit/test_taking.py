@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from celery import Celery
+from celery import Celery, signals
 
 from notifier.wire.message import DISPATCH_TASK
 from notifier.wire.protocol import task_message
@@ -225,6 +225,31 @@ def test_dispatch_sends_the_listeners_of_every_message_it_takes_and_acknowledges
         assert [task["headers"]["id"] for task in sent] == [f"{id}:{name}" for id in ids]
     assert client.hlen("unacked") == 0
     assert client.llen(QUEUE) == 0
+
+
+def test_listener_tasks_the_taker_writes_name_their_dispatch_and_send_publish_signals(
+    client, taker, registry, dead_letters
+):
+    registry.listener("article", name="search.index")(ignore)
+    task_id = queue_dispatch(client, message())
+    published = []
+
+    def after(sender=None, headers=None, routing_key=None, **kwargs):
+        published.append((sender, headers["id"], routing_key))
+
+    signals.after_task_publish.connect(after)
+    try:
+        run = DispatchRun(registry, dead_letters, QUEUE, taker)
+        run.take_more()
+        run.finish()
+    finally:
+        signals.after_task_publish.disconnect(after)
+
+    [sent] = listener_tasks(client, registry, "search.index")
+    assert sent["headers"]["id"] == f"{task_id}:search.index"
+    assert (sent["headers"]["parent_id"], sent["headers"]["root_id"]) == (task_id, task_id)
+    queue = registry["search.index"].queue
+    assert published == [(registry["search.index"].task.name, f"{task_id}:search.index", queue)]
 
 
 def test_the_listener_tasks_of_a_round_taken_are_written_in_one_round_trip_before_its_ack(
