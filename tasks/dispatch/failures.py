@@ -5,7 +5,8 @@ items it cannot read.
   :mod:`tasks.dispatch.signals`, its retries spent): a listener's message is dead-lettered
   naming the listener; a dispatch's, naming each listener it could not reach (or none, for a
   message dispatch could not even take: wrong arguments, for one). When the dead letters are out
-  of reach, the message is logged whole at CRITICAL: the last place it is.
+  of reach, the message is logged whole at CRITICAL: the last place it is. A dispatch that
+  raised :class:`KeptAsDeadLetter` (its malformed message is kept already) is not kept again.
 - An item taken from a queue that is no dispatch task message this worker can run
   (:class:`tasks.broker.taking.Taken` with a ``problem``): dead-lettered and acknowledged at
   once, before anything else is handled, so that nothing kombu's sweep cannot read stays
@@ -19,6 +20,7 @@ import logging
 from typing import Any
 
 import redis
+from celery.exceptions import Reject
 
 from notifier.errors import ListenersNotSent
 from notifier.wire.message import DISPATCH_TASK
@@ -27,9 +29,16 @@ from tasks.dead_letters import DeadLetters
 from tasks.dispatch.delivery import queue_of
 from tasks.listeners.registry import Registry
 
-__all__ = ["dead_letter_failure", "dead_letter_unreadable"]
+__all__ = ["KeptAsDeadLetter", "dead_letter_failure", "dead_letter_unreadable"]
 
 logger = logging.getLogger("notifier")
+
+
+class KeptAsDeadLetter(Reject):
+    """What a dispatch task whose message went to the dead letters raises: Celery rejects the
+    message (the broker drops it) and reports the task failed, and no second dead letter is
+    written for it. Built as ``KeptAsDeadLetter(reason, requeue=False)``, as Reject is, so that
+    it reaches the worker's main process whole."""
 
 
 def dead_letter_failure(
@@ -43,6 +52,8 @@ def dead_letter_failure(
 ) -> None:
     """Dead-letter the message of ``task``, which failed for good with ``exception``, when it
     is a listener's task of ``registry`` or the dispatch task (see the module's doc)."""
+    if isinstance(exception, KeptAsDeadLetter):
+        return  # kept already, by the run that raised it
     name = getattr(task, "name", None)
     failed: list[str | None]
     if name == DISPATCH_TASK:

@@ -115,6 +115,7 @@ class DispatchRun:
         except MalformedMessage as exc:
             letter = self.dead_letters.add(exc.reason, data, queue=self.queue)
             logger.error("malformed message kept as dead letter %s: %s", letter.id, exc.reason)
+            delivery.dead_letter = letter.id
             return []
         wanted = self.registry.matching(message, only)
         # Listeners that other live workers know and this one lacks get it too; a retry for

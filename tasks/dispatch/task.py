@@ -20,6 +20,7 @@ from notifier.wire.message import DISPATCH_TASK
 from tasks.app import app
 from tasks.dispatch import signals as _signals  # noqa: F401  (connects the signal handlers)
 from tasks.dispatch.delivery import Delivery, queue_of
+from tasks.dispatch.failures import KeptAsDeadLetter
 from tasks.dispatch.retries import DISPATCH_RETRIES, dispatch_countdown
 from tasks.dispatch.run import DispatchRun
 from tasks.wiring import wired
@@ -67,4 +68,9 @@ def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) 
         countdown = dispatch_countdown(self.request.retries)
         exc = ListenersNotSent(own.not_sent)
         raise self.retry(kwargs={"only": own.not_sent}, countdown=countdown, exc=exc) from None
+    if own.dead_letter is not None:
+        # Not a success to Celery's tools (Flower, events, result): its message is rejected,
+        # which the broker drops, as it is kept in the dead letters.
+        reason = f"a malformed message, kept as dead letter {own.dead_letter}"
+        raise KeptAsDeadLetter(reason, requeue=False)
     return sent

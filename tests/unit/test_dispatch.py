@@ -246,6 +246,33 @@ def test_the_dispatch_task_fans_out_with_the_workers_registry(registry, worker_w
     assert recorder.tasks == ["search.index"]
 
 
+def test_a_dispatch_whose_message_went_to_the_dead_letters_is_rejected_not_a_success(
+    registry, worker_wired, sent
+):
+    registry.listener("article", name="search.index")(ignore)
+    recorder = sent()
+
+    result = dispatch.apply(args=({"version": 99},))
+
+    assert result.state == "REJECTED"
+    [letter] = worker_wired.dead_letters
+    assert result.result.reason == f"a malformed message, kept as dead letter {letter.id}"
+    assert not result.result.requeue  # the broker drops it: the dead letter keeps it
+    assert recorder.sent == []
+
+
+def test_a_dispatch_rejected_for_its_dead_letter_is_not_kept_again_when_celery_says_it_failed(
+    registry, worker_wired
+):
+    result = dispatch.apply(args=({"version": 99},))
+    # What the worker's main process sends for a task that rejected its message for good.
+    signals.task_failure.send(
+        sender=dispatch, task_id=result.id, exception=result.result, args=[{}], einfo=None
+    )
+
+    assert len(worker_wired.dead_letters) == 1
+
+
 def test_a_listener_that_failed_for_good_ends_in_the_dead_letters(registry, dead_letters, wired):
     registry.listener("article", name="search.index")(ignore)
     data = message()
