@@ -11,6 +11,7 @@ from notifier.events import impacted_records_of
 from notifier.request import gave_up, give_up, shared_environ
 from notifier.settings import NotifierSettings
 from notifier.spool import Spool
+from notifier.spool.log import broker_trouble, cause
 from notifier.wire.message import Message, encode, split
 
 if TYPE_CHECKING:
@@ -129,13 +130,11 @@ class Subscriber:
             return
         try:
             self.publisher.publish(message, queue)
-        except Exception:
-            logger.exception("could not publish %s", identity)
+        except Exception as exc:
             give_up(request, self)
-            if self.spool is not None:
-                self._spool(message, queue, identity)
+            self._spool(message, queue, identity, exc)
         else:
-            logger.debug("published %s", identity)
+            logger.debug("published %s", identity, extra=_fields(message, queue))
 
     def _spool_holds_messages(self) -> bool:
         assert self.spool is not None
@@ -145,16 +144,45 @@ class Subscriber:
             logger.exception("could not read the spool")
             return True
 
-    def _spool(self, message: Message, queue: str, identity: str) -> None:
+    def _spool(
+        self, message: Message, queue: str, identity: str, failure: Exception | None = None
+    ) -> None:
+        # One line for each message not published: what it is, why, and where it went. The
+        # broker's own trouble (down, hung, refusing) is what the spool is for: no traceback.
+        fields = _fields(message, queue)
+        why = f" ({cause(failure)})" if failure is not None else ""
+        unexpected = failure if failure is not None and not broker_trouble(failure) else None
         if self.spool is None:
-            logger.error("could not publish %s", identity)
+            logger.error(
+                "could not publish %s%s: lost, no spool",
+                identity,
+                why,
+                exc_info=unexpected,
+                extra=fields,
+            )
             return
         try:
             self.spool.write(message, queue)
         except Exception:
-            logger.exception("could not publish %s, nor keep it in the spool: lost", identity)
+            logger.exception(
+                "could not publish %s%s, nor keep it in the spool: lost",
+                identity,
+                why,
+                extra=fields,
+            )
         else:
-            logger.warning("kept %s in the spool, to publish later", identity)
+            logger.warning(
+                "could not publish %s%s: kept in the spool, to publish later",
+                identity,
+                why,
+                exc_info=unexpected,
+                extra=fields,
+            )
+
+
+def _fields(message: Message, queue: str) -> dict[str, str]:
+    # What a log record of a message carries as fields (a JSON formatter's keys).
+    return {"event_id": message.event_id, "queue": queue}
 
 
 def _request_id(environ: dict[str, Any] | None) -> str:

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["SpoolLog"]
+__all__ = ["SpoolLog", "broker_trouble", "cause"]
 
 logger = logging.getLogger("notifier")
 
 # The top-level packages whose errors say that the broker is down, hung or refusing: logged
 # without a traceback. Any other error a publish raises is logged with one.
 _BROKER_CLIENTS = frozenset({"redis", "kombu", "amqp", "celery"})
+
+
+def broker_trouble(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a publish, says the broker is down, hung or refusing: what
+    notifier handles (the spool, the outbox), logged as one line without a traceback."""
+    return isinstance(exc, OSError) or type(exc).__module__.partition(".")[0] in _BROKER_CLIENTS
+
+
+def cause(exc: BaseException) -> str:
+    """``exc`` as a log line names it: its type and message."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 class SpoolLog:
@@ -31,13 +42,11 @@ class SpoolLog:
         (or not), with ``waiting`` messages of this process left, ``more`` when anything
         waits (other processes' files included)."""
         if refusal is not None:
-            refused = f"{type(refusal).__name__}: {refusal}"
+            refused = cause(refusal)
             if refused == self._refusing:
                 logger.info("the broker still does not take messages (%s)", refused)
             else:
-                expected = isinstance(refusal, OSError) or (
-                    type(refusal).__module__.partition(".")[0] in _BROKER_CLIENTS
-                )
+                expected = broker_trouble(refusal)
                 logger.warning(
                     "the broker does not take messages (%s); the spool tries again every %g s "
                     "(%d messages of this process wait)",

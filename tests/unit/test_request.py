@@ -374,21 +374,24 @@ def test_filtered_out_events_still_fire_resource_changed(monkeypatch):
     assert len(publisher.published) == 1
 
 
-def test_a_publisher_that_raises_does_not_fail_the_request_and_logs_the_event_id(
+def test_a_broker_that_refuses_does_not_fail_the_request_and_is_one_warning_with_the_cause(
     monkeypatch, caplog
 ):
     app, publisher, _ = make_app(monkeypatch, publisher=BrokenPublisher)
 
-    with caplog.at_level(logging.ERROR, logger="notifier"):
+    with caplog.at_level(logging.INFO, logger="notifier"):
         response = app.post("/create", status=201)
 
     assert response.text == "created"
-    ((message, _),) = publisher.published
+    ((message, queue),) = publisher.published
     (record,) = [r for r in caplog.records if r.name == "notifier"]
-    assert record.levelno == logging.ERROR
+    assert record.levelno == logging.WARNING
     assert message.event_id in record.getMessage()
     assert "article" in record.getMessage()
-    assert record.exc_info is not None
+    assert "(ConnectionError: Error 111 connecting to localhost:6379" in record.getMessage()
+    assert record.getMessage().endswith("kept in the spool, to publish later")
+    assert record.exc_info is None  # what the spool is for: no traceback
+    assert (record.event_id, record.queue) == (message.event_id, queue)
 
 
 def test_the_publisher_is_built_from_the_settings(monkeypatch):
@@ -524,7 +527,7 @@ def test_a_hung_broker_neither_fails_nor_holds_up_a_write_request(monkeypatch, c
         app = TestApp(config.make_wsgi_app())
         started = time.monotonic()
 
-        with caplog.at_level(logging.ERROR, logger="notifier"):
+        with caplog.at_level(logging.WARNING, logger="notifier"):
             app.post("/create", status=201)
 
         assert time.monotonic() - started < 2

@@ -66,15 +66,30 @@ def test_read_events_are_published_when_asked():
     assert [m.action for m, _ in publisher.published] == ["read"]
 
 
-def test_a_broker_error_is_logged_with_the_event_and_never_raised(caplog):
-    with caplog.at_level(logging.ERROR, logger="notifier"):
+def test_a_broker_error_is_one_line_with_the_event_and_its_cause_and_never_raised(caplog):
+    with caplog.at_level(logging.INFO, logger="notifier"):
         subscriber(BrokenPublisher())(after_commit())
 
     (record,) = caplog.records
-    assert record.exc_info[0] is ConnectionError
+    assert record.levelno == logging.ERROR  # no spool: the message is lost
+    assert record.exc_info is None
     assert "could not publish event" in record.getMessage()
     assert "create article /articles, 1 records" in record.getMessage()
     assert "queue notifier" in record.getMessage()
+    assert "(ConnectionError: Error 111 connecting" in record.getMessage()
+    assert record.getMessage().endswith("lost, no spool")
+
+
+def test_a_publish_error_that_is_no_broker_trouble_is_logged_with_its_traceback(caplog):
+    class Buggy(RecordingPublisher):
+        def publish(self, message, queue):
+            raise KeyError("a bug in a publisher")
+
+    with caplog.at_level(logging.ERROR, logger="notifier"):
+        subscriber(Buggy())(after_commit())
+
+    (record,) = caplog.records
+    assert record.exc_info[0] is KeyError
 
 
 def test_an_event_that_cannot_be_encoded_is_logged_and_never_raised(caplog):
@@ -167,7 +182,7 @@ def test_after_a_broker_error_the_request_waits_for_the_broker_no_more(caplog):
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 3
     assert "create article /articles" in lines[0]
-    assert lines[1].endswith("the broker failed earlier in this request")
+    assert "the broker failed earlier in this request" in lines[1]
     assert "delete article /articles" in lines[2]
 
 
