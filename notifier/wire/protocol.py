@@ -22,7 +22,9 @@ The internals relied on, checked on Celery 5.7.0 and kombu 5.7.0:
   The body is left as plain JSON: without ``properties.body_encoding`` kombu reads it as it
   is (its default, base64, is optional).
 
-Celery's ``before_task_publish`` and ``after_task_publish`` signals are sent for each message
+The headers carry the current trace context, when OpenTelemetry is installed
+(:mod:`notifier.wire.trace_context`). Celery's ``before_task_publish`` and
+``after_task_publish`` signals are sent for each message
 written, as ``send_task`` sends them (:func:`task_message` and :func:`published`), when they
 have receivers: what a ``before_task_publish`` receiver adds to the headers is in the message
 (OpenTelemetry's Celery instrumentation adds the trace's context so). Without receivers the
@@ -45,7 +47,16 @@ from urllib.parse import urlsplit, urlunsplit
 from celery import signals
 from celery.utils.nodenames import anon_nodename
 
-__all__ = ["argsrepr", "direct_redis_url", "published", "redis_url", "task_message"]
+from notifier.wire import trace_context
+
+__all__ = [
+    "argsrepr",
+    "direct_redis_url",
+    "published",
+    "redis_url",
+    "signalled",
+    "task_message",
+]
 
 #: What Celery 5's ``send_task`` puts in every task message besides the task's name and id (task
 #: protocol 2): no eta, no expiry, no group, no time limits, no parent, and ``ignore_result``
@@ -86,15 +97,17 @@ def task_message(
     so that the message is restored to ``queue`` by name after a worker died holding it; and
     ``argsrepr`` names the message instead of repeating it (a worker's log shows it).
     """
+    trace = trace_context.current()
     if signals.before_task_publish.receivers:
-        return _signalled(task, task_id, args, queue, parent_id)
+        return _signalled(task, task_id, args, queue, parent_id, trace)
     body = json.dumps([args, {}, _EMBED], separators=(",", ":"))
     root_id = json.dumps(parent_id or task_id)
     task_id = json.dumps(task_id)
+    traced = "".join(f", {json.dumps(key)}: {json.dumps(value)}" for key, value in trace.items())
     headers = (
         f'{{{_SAME_HEADERS}, "task": {json.dumps(task)}, "id": {task_id}, '
         f'"root_id": {root_id}, "parent_id": {json.dumps(parent_id)}, '
-        f'"argsrepr": {json.dumps(argsrepr(args))}}}'
+        f'"argsrepr": {json.dumps(argsrepr(args))}{traced}}}'
     )
     properties = (
         f'{{"correlation_id": {task_id}, "reply_to": "", "delivery_mode": 2, '
@@ -109,7 +122,12 @@ def task_message(
 
 
 def _signalled(
-    task: str, task_id: str, args: list[object], queue: str, parent_id: str | None
+    task: str,
+    task_id: str,
+    args: list[object],
+    queue: str,
+    parent_id: str | None,
+    trace: dict[str, str],
 ) -> str:
     # The message as dicts, which the receivers of before_task_publish are given (and may add
     # headers to), as Celery's AMQP.send_task_message gives them; then encoded.
@@ -121,6 +139,7 @@ def _signalled(
         "root_id": parent_id or task_id,
         "parent_id": parent_id,
         "argsrepr": argsrepr(args),
+        **trace,
     }
     body: tuple[object, ...] = (args, {}, dict(_EMBED))
     properties: dict[str, object] = {
@@ -149,6 +168,12 @@ def _signalled(
         "properties": properties,
     }
     return json.dumps(envelope)
+
+
+def signalled() -> bool:
+    """Whether Celery's publish signals have receivers: then each message is written on its
+    own, ``before_task_publish``, the write, ``after_task_publish``, as ``send_task`` does."""
+    return bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
 
 
 def published(message: str) -> None:

@@ -56,7 +56,7 @@ import redis
 from celery import Celery
 
 from notifier.wire.message import DISPATCH_TASK
-from notifier.wire.protocol import direct_redis_url, published, task_message
+from notifier.wire.protocol import direct_redis_url, published, signalled, task_message
 from tasks.broker.lua import lua_script
 from tasks.broker.taken import Taken
 from tasks.broker.versions import internals_checked
@@ -126,19 +126,32 @@ class Taker:
 
     def send(self, tasks: Iterable[tuple[str, str, Any, str, str | None]]) -> None:
         """Send Celery tasks, each ``(task name, task id, its one argument, queue, the id of
-        the task that sends it)``, in one round trip: the task message Celery would send
+        the task that sends it)``: the task message Celery would send
         (:func:`notifier.wire.protocol.task_message`, what the web side writes too) LPUSHed into
         each queue's list, as kombu's Redis transport does, without kombu's cost per message (a
-        base64 body, ``argsrepr``, one round trip per task). Celery's ``before_task_publish``
-        and ``after_task_publish`` signals are sent for each, when they have receivers."""
-        written = []
+        base64 body, ``argsrepr``, a round trip per task): all in one round trip, unless
+        Celery's publish signals have receivers, which are sent for each, one at a time."""
+        if signalled():
+            for task in tasks:
+                self.write([self.compose(*task)])
+        else:
+            self.write([self.compose(*task) for task in tasks])
+
+    def compose(
+        self, name: str, task_id: str, argument: Any, queue: str, parent_id: str | None
+    ) -> tuple[str, str]:
+        """The list and the message :meth:`write` writes for one task (see :meth:`send`); its
+        headers carry the current trace context."""
+        message = task_message(name, task_id, [argument], queue, parent_id=parent_id)
+        return self.key_prefix + queue, message
+
+    def write(self, composed: list[tuple[str, str]]) -> None:
+        """Write what :meth:`compose` made, in one round trip."""
         with self.client.pipeline(transaction=False) as pipe:
-            for name, task_id, argument, queue, parent_id in tasks:
-                message = task_message(name, task_id, [argument], queue, parent_id=parent_id)
-                pipe.lpush(self.key_prefix + queue, message)
-                written.append(message)
+            for key, message in composed:
+                pipe.lpush(key, message)
             pipe.execute()
-        for message in written:
+        for _, message in composed:
             published(message)
 
     def give_back(self, queue: str, taken: list[Taken]) -> None:

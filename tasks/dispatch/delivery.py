@@ -28,6 +28,7 @@ class Delivery:
     pending: int = 0  # batches holding its events, not sent yet
     not_sent: list[str] = field(default_factory=list)  # listeners the broker did not take
     dead_letter: str | None = None  # the id of the dead letter that keeps it, if malformed
+    headers: Any = None  # a taken message's headers (its trace context among them)
 
 
 def listener_task_id(task_id: str, listener_name: str) -> str:

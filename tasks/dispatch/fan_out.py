@@ -21,6 +21,8 @@ from kombu.exceptions import KombuError
 
 from notifier.errors import ListenersNotSent
 from notifier.wire.message import Message
+from notifier.wire.protocol import signalled
+from notifier.wire.trace_context import attached
 from tasks.broker.taking import Taker
 from tasks.dispatch.delivery import Delivery, listener_task_id
 from tasks.listeners.registry import Listener
@@ -99,12 +101,19 @@ class RoundSends:
             self.kept.append((delivery, message, listeners))
 
     def send(self) -> None:
-        """Write every task kept, in one round trip; forget them."""
+        """Write every task kept, in one round trip (one per task when Celery's publish
+        signals have receivers); forget them. Each message's tasks are composed in its trace
+        context."""
         kept, self.kept = self.kept, []
         if not kept:
             return
-        try:
-            self.taker.send(
+        one_by_one = signalled()
+        composed: list[tuple[str, str]] = []
+        refused: list[tuple[Delivery, Message, list[Listener]]] = []
+        failure: BaseException | None = None
+        for entry in kept:
+            delivery, message, listeners = entry
+            tasks = [
                 (
                     listener.task.name,
                     listener_task_id(message.task_id, listener.name),
@@ -112,20 +121,34 @@ class RoundSends:
                     listener.queue,
                     message.task_id,
                 )
-                for _, message, listeners in kept
                 for listener in listeners
-            )
-        except (redis.RedisError, OSError) as exc:
+            ]
+            with attached(delivery.headers):
+                if not one_by_one:
+                    composed.extend(self.taker.compose(*task) for task in tasks)
+                    continue
+                try:
+                    self.taker.send(tasks)
+                except (redis.RedisError, OSError) as exc:
+                    refused.append(entry)
+                    failure = exc
+        if composed:
+            try:
+                self.taker.write(composed)
+            except (redis.RedisError, OSError) as exc:
+                refused, failure = kept, exc
+        if refused:
             logger.warning(
                 "the listener tasks of %d events taken were not sent, to be sent again: %r",
-                len(kept),
-                exc,
+                len(refused),
+                failure,
             )
-            for delivery, _, listeners in kept:
+            for delivery, _, listeners in refused:
                 delivery.not_sent.extend(listener.name for listener in listeners)
-            return
-        for _, message, listeners in kept:
-            _log_sent(message, [listener.name for listener in listeners])
+        for entry in kept:
+            if entry not in refused:
+                _, message, listeners = entry
+                _log_sent(message, [listener.name for listener in listeners])
 
     def forget(self, delivery: Delivery | None = None) -> None:
         """Drop what is kept (for ``delivery`` alone, when given): its messages are handed out

@@ -23,6 +23,7 @@ from celery import Task
 from notifier.errors import ListenersNotSent, MalformedMessage
 from notifier.wire.message import DISPATCH_TASK, decode
 from notifier.wire.routing import DEFAULT_QUEUE
+from notifier.wire.trace_context import attached
 from tasks.broker.taking import Taken, Taker
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch.batches import Batches
@@ -220,10 +221,15 @@ class DispatchRun:
                     task_id=item.task_id,
                     tag=item.tag,
                     size=item.size,
+                    headers=item.envelope.get("headers")
+                    if isinstance(item.envelope, dict)
+                    else None,
                 )
                 self.taken.append(delivery)
                 try:
-                    self.handle(delivery)
+                    # In the message's trace, not the dispatch task's (wire/trace_context.py).
+                    with attached(delivery.headers):
+                        self.handle(delivery)
                 except BaseException:
                     # Left unacknowledged, for the sweep; the rest of the round given back.
                     self.taken.remove(delivery)
