@@ -2,7 +2,7 @@
 
 ::
 
-    notifier-dead-letters list                  one line per letter, oldest first
+    notifier-dead-letters list [--json]         one line per letter, oldest first (or JSON)
     notifier-dead-letters show ID               the whole letter, as JSON
     notifier-dead-letters replay ID [ID ...]    send each letter's message again, then remove it
     notifier-dead-letters purge ID [ID ...]     remove these letters
@@ -19,6 +19,9 @@ it (``<task id>:<listener>``), and the redeliveries counted under that id are fo
 letter for no listener (a malformed message) goes to dispatch again, which keeps it as a new
 dead letter if it still is malformed.
 
+Each command first says on standard error which Redis it reads, and where that URL came from.
+``--version`` says the version of notifier.
+
 Exit status: 0 done; 1 Redis or the broker failed; 2 a bad command line, an id that is no dead
 letter, or a listener this process does not know (and then nothing was done).
 """
@@ -27,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,6 +94,9 @@ def _letters(store: DeadLetters, ids: Sequence[str]) -> list[DeadLetter]:
 
 def list_letters(args: argparse.Namespace, store: DeadLetters) -> int:
     letters = list(store)
+    if args.json:
+        print(json.dumps([_whole(letter) for letter in letters], ensure_ascii=False, default=repr))
+        return 0
     if not letters:
         print("No dead letters.")
         return 0
@@ -111,10 +119,14 @@ def list_letters(args: argparse.Namespace, store: DeadLetters) -> int:
 
 def show_letter(args: argparse.Namespace, store: DeadLetters) -> int:
     [letter] = _letters(store, [args.id])
+    print(json.dumps(_whole(letter), indent=2, ensure_ascii=False, default=repr))
+    return 0
+
+
+def _whole(letter: DeadLetter) -> dict[str, Any]:
     data = letter.as_dict()
     data["failed_at"] = letter.failed_at_datetime.isoformat(timespec="seconds")
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=repr))
-    return 0
+    return data
 
 
 @dataclass(frozen=True)
@@ -233,9 +245,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Configured as a worker is: CELERY_CONFIG_MODULE, CELERY_BROKER_URL, "
         "NOTIFIER_DEAD_LETTERS_URL (default: the broker), NOTIFIER_LISTENERS.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="one line per dead letter, oldest first")
+    listing.add_argument(
+        "--json", action="store_true", help="a JSON array of the letters, each whole, instead"
+    )
     listing.set_defaults(run=list_letters)
 
     show = commands.add_parser("show", help="one dead letter, whole, as JSON")
@@ -274,6 +290,26 @@ def _check_purge(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespac
     return check
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pyramid-celery-notifier")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree that is not installed
+        return "(not installed)"
+
+
+def _reading() -> str:
+    # Which Redis the command reads, and why that one: a command run without the worker's
+    # environment would otherwise read Celery's default broker and say nothing of it.
+    url = maybe_sanitize_url(app.conf.notifier_dead_letters_url)
+    if os.environ.get("NOTIFIER_DEAD_LETTERS_URL"):
+        source = "NOTIFIER_DEAD_LETTERS_URL"
+    elif os.environ.get("CELERY_BROKER_URL"):
+        source = "the broker, CELERY_BROKER_URL"
+    else:
+        source = "the broker: neither NOTIFIER_DEAD_LETTERS_URL nor CELERY_BROKER_URL is set"
+    return f"{PROG}: the dead letters at {url} ({source})"
+
+
 def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
 
@@ -292,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotifierError as exc:
         _error(str(exc))
         return 2
+    print(_reading(), file=sys.stderr)
     store = open_store()
     try:
         status: int = args.run(args, store)

@@ -71,13 +71,68 @@ def ignore(event):
     return event
 
 
+READING = "notifier-dead-letters: the dead letters at "
+
+
 def run(capsys, *argv):
+    """The command's status, output and errors, less the line that says what Redis it reads."""
     status = cli.main(list(argv))
     out, err = capsys.readouterr()
+    if err.startswith(READING):
+        err = err.partition("\n")[2]
     return status, out, err
 
 
+# every command
+
+
+@pytest.mark.parametrize(
+    ("environ", "source"),
+    [
+        ({"NOTIFIER_DEAD_LETTERS_URL": "redis://letters:6379/3"}, "(NOTIFIER_DEAD_LETTERS_URL)"),
+        ({"CELERY_BROKER_URL": "redis://broker:6379/0"}, "(the broker, CELERY_BROKER_URL)"),
+        ({}, "(the broker: neither NOTIFIER_DEAD_LETTERS_URL nor CELERY_BROKER_URL is set)"),
+    ],
+    ids=["dead-letters-url", "broker-url", "neither"],
+)
+def test_each_command_first_says_which_redis_it_reads_and_why(
+    monkeypatch, store, capsys, environ, source
+):
+    for name in ("NOTIFIER_DEAD_LETTERS_URL", "CELERY_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    url = environ.get("NOTIFIER_DEAD_LETTERS_URL") or environ.get("CELERY_BROKER_URL")
+    monkeypatch.setitem(app.conf, "notifier_dead_letters_url", url or "redis://localhost:6379/0")
+
+    cli.main(["list"])
+
+    err = capsys.readouterr().err
+    assert err == f"{READING}{url or 'redis://localhost:6379/0'} {source}\n"
+
+
+def test_version_says_the_version_of_notifier(capsys):
+    assert cli.main(["--version"]) == 0
+
+    out = capsys.readouterr().out
+    assert out.startswith("notifier-dead-letters ")
+    assert out.split()[1][0].isdigit()
+
+
 # list
+
+
+def test_list_json_is_an_array_of_the_letters_each_whole(store, capsys):
+    letter = store.add("RuntimeError: boom", message(), listener="search.index", attempts=3)
+
+    status, out, _ = run(capsys, "list", "--json")
+
+    assert status == 0
+    [listed] = json.loads(out)
+    assert (listed["id"], listed["listener"], listed["attempts"]) == (letter.id, "search.index", 3)
+    assert listed["message"] == letter.message
+    assert run(capsys, "purge", "--all")[0] == 0
+    assert json.loads(run(capsys, "list", "--json")[1]) == []
 
 
 def test_list_says_when_there_are_no_dead_letters(store, capsys):
@@ -429,4 +484,6 @@ def test_python_dash_m_runs_the_same_command():
     )
 
     assert done.returncode == 1
-    assert done.stderr.startswith("notifier-dead-letters: error: the dead letters at redis://")
+    reading, error = done.stderr.splitlines()[:2]
+    assert reading == f"{READING}redis://127.0.0.1:1/0 (NOTIFIER_DEAD_LETTERS_URL)"
+    assert error.startswith("notifier-dead-letters: error: the dead letters at redis://")
