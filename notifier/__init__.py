@@ -74,5 +74,14 @@ def includeme(config: Configurator) -> None:
     subscriber = build_subscriber(config, publishing, "notifier")
     config.registry["notifier.settings"] = publishing
     config.registry["notifier.publisher"] = subscriber.publisher
+    heartbeats = getattr(config.registry, "heartbeats", None)  # Kinto's /__heartbeat__
+    if isinstance(heartbeats, dict):
+        from notifier.heartbeat import broker_heartbeat, outbox_heartbeat
+        from notifier.publisher import CeleryPublisher
+
+        if isinstance(subscriber.publisher, CeleryPublisher):
+            heartbeats["notifier"] = broker_heartbeat(subscriber.publisher)
+        if subscriber.outbox is not None:
+            heartbeats["notifier_outbox"] = outbox_heartbeat(subscriber.outbox)
     # notifier's ResourceChanged, and Kinto's with kinto.includes = notifier.
     CeleryForwarder(subscriber).subscribe(config, "notifier.", change_events())

@@ -84,6 +84,14 @@ class CeleryPublisher:
             retry=False,
         )
 
+    def ping(self) -> None:
+        """Check that the broker answers, within the timeout; raise what it raised."""
+        if self.client is not None:
+            self.client.ping()
+            return
+        with self.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+
     def close(self) -> None:
         if self.client is not None:
             self.client.close()

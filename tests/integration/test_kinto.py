@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.integration.kinto_app import KintoServer, kinto_request
-from tests.support.processes import wait_until
+from tests.support.processes import RedisServer, wait_until
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "kinto-26-events.jsonl"
 
@@ -227,3 +227,34 @@ def test_kinto_with_the_redis_listener_pushes_committed_writes_and_reads_when_as
         assert set(popped[0]) == kinto_fixture_payload_keys("create_record_1")
     finally:
         server.stop()
+
+
+def test_kintos_heartbeat_says_whether_notifier_s_broker_answers(tmp_path):
+    broker = RedisServer(tmp_path)  # the test's own: it stops it
+    server = KintoServer(
+        tmp_path,
+        f"notifier.broker_url = {broker.url}\nnotifier.publish_timeout = 0.5\n",
+        name="kinto-heartbeat",
+        includes="notifier",
+    )
+    try:
+        status, beats = call("GET", f"{server.url}/__heartbeat__")
+        assert (status, beats["notifier"]) == (200, True)
+
+        broker.stop()
+        status, beats = call("GET", f"{server.url}/__heartbeat__")
+
+        assert (status, beats["notifier"]) == (503, False)
+        assert {name: up for name, up in beats.items() if name != "notifier"} == {
+            "storage": True,
+            "permission": True,
+            "cache": True,
+        }
+        wait_until(
+            lambda: "heartbeat: the broker does not answer (ConnectionError" in server.output(),
+            5,
+            "the heartbeat's warning",
+        )
+    finally:
+        server.stop()
+        broker.stop()
