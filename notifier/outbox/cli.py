@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from notifier.errors import ConfigurationError
 from notifier.outbox.relay import Outbox
 from notifier.outbox.table import TABLE, create_table, engine_for, table_exists
+from notifier.version import version
 from notifier.wire.message import Message
 
 __all__ = ["main"]
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="notifier-outbox",
         description="The transactional outbox: messages committed with the data.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in [
         ("create", "create the outbox table (nothing if it is there)"),

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import json
 import os
 import sys
@@ -44,6 +43,7 @@ from kombu.exceptions import KombuError
 from kombu.utils.url import maybe_sanitize_url
 
 from notifier.errors import MalformedMessage, NotifierError
+from notifier.version import version
 from notifier.wire.message import decode
 from notifier.wire.routing import DEFAULT_QUEUE
 from tasks.app import app, registry
@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Configured as a worker is: CELERY_CONFIG_MODULE, CELERY_BROKER_URL, "
         "NOTIFIER_DEAD_LETTERS_URL (default: the broker), NOTIFIER_LISTENERS.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="one line per dead letter, oldest first")
@@ -288,13 +288,6 @@ def _check_purge(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespac
             parser.error("name the dead letters to purge (`list` shows their ids), or --all")
 
     return check
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("pyramid-celery-notifier")
-    except importlib.metadata.PackageNotFoundError:  # run from a tree that is not installed
-        return "(not installed)"
 
 
 def _reading() -> str:

@@ -184,6 +184,43 @@ def test_the_command_line_says_when_the_broker_still_refuses(tmp_path, capsys):
     assert capsys.readouterr().out == "published 0 messages; 1 left in free spool files\n"
 
 
+def test_the_command_line_flushes_to_the_broker_of_the_environment_and_says_which(
+    monkeypatch, tmp_path, capsys
+):
+    subprocess.run([sys.executable, "-c", LEAVE_A_SPOOL_FILE, str(tmp_path)], check=True)
+    monkeypatch.setenv("CELERY_BROKER_URL", "memory://")
+
+    assert main(["flush", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "published 1 messages; 0 left in free spool files\n"
+    assert err == "notifier-spool: publishing to memory:///\n"
+
+
+def test_the_command_line_names_the_files_a_running_process_holds_and_fails(tmp_path, capsys):
+    holding = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            LEAVE_A_SPOOL_FILE + "print('held', flush=True)\ninput()\n",
+            str(tmp_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holding.stdout.readline() == "held\n"
+        [held] = tmp_path.glob("spool-*.sqlite3")
+
+        assert main(["flush", str(tmp_path), "--broker-url", "memory://"]) == 1
+    finally:
+        holding.communicate("\n", timeout=30)
+    assert capsys.readouterr().out == (
+        f"skipped {held.name}: held by a running process (1 messages)\n"
+        "published 0 messages; 0 left in free spool files\n"
+    )
+
+
 def test_two_spools_of_one_process_with_one_name_keep_apart(tmp_path):
     first_broker, second_broker = Broker(up=False), Broker(up=False)
     first = Spool(tmp_path, first_broker.publish, retry=60)
@@ -513,3 +550,11 @@ def test_an_event_the_spool_has_no_room_for_is_never_logged_as_kept(unwritable, 
     assert [line for line in critical(caplog) if line.startswith("lost event")]
     assert "nor keep it in the spool: lost" in caplog.text
     assert "to publish later" not in caplog.text
+
+
+def test_the_command_line_says_its_version(capsys):
+    with pytest.raises(SystemExit) as ended:
+        main(["--version"])
+
+    assert ended.value.code == 0
+    assert capsys.readouterr().out.startswith("notifier-spool ")
