@@ -76,10 +76,9 @@ def includeme(config: Configurator) -> None:
     config.registry["notifier.publisher"] = subscriber.publisher
     heartbeats = getattr(config.registry, "heartbeats", None)  # Kinto's /__heartbeat__
     if isinstance(heartbeats, dict):
-        from notifier.heartbeat import broker_heartbeat, outbox_heartbeat
-        from notifier.publisher import CeleryPublisher
+        from notifier.heartbeat import Pingable, broker_heartbeat, outbox_heartbeat
 
-        if isinstance(subscriber.publisher, CeleryPublisher):
+        if isinstance(subscriber.publisher, Pingable):
             heartbeats["notifier"] = broker_heartbeat(subscriber.publisher)
         if subscriber.outbox is not None:
             heartbeats["notifier_outbox"] = outbox_heartbeat(subscriber.outbox)

@@ -12,20 +12,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from notifier.spool.log import cause
 
 if TYPE_CHECKING:
     from notifier.outbox.relay import Outbox
-    from notifier.publisher import CeleryPublisher
 
-__all__ = ["broker_heartbeat", "outbox_heartbeat"]
+
+@runtime_checkable
+class Pingable(Protocol):
+    """A publisher that can check that its broker answers (``CeleryPublisher``)."""
+
+    def ping(self) -> None: ...
+
+
+__all__ = ["Pingable", "broker_heartbeat", "outbox_heartbeat"]
 
 logger = logging.getLogger("notifier")
 
 
-def broker_heartbeat(publisher: CeleryPublisher) -> Callable[[Any], bool]:
+def broker_heartbeat(publisher: Pingable) -> Callable[[Any], bool]:
     """The heartbeat entry of ``publisher``'s broker."""
 
     def notifier(request: Any) -> bool:

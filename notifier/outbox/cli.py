@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from notifier.errors import ConfigurationError
 from notifier.outbox.relay import Outbox
 from notifier.outbox.table import TABLE, create_table, engine_for, table_exists
-from notifier.version import version
 from notifier.wire.message import Message
+from notifier.wire.version import version
 
 __all__ = ["main"]
 

@@ -11,7 +11,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from notifier.spool.directory import Spool
 from notifier.spool.file import SpoolFile
-from notifier.version import version
+from notifier.wire.version import version
 
 __all__ = ["main"]
 

@@ -43,9 +43,9 @@ from kombu.exceptions import KombuError
 from kombu.utils.url import maybe_sanitize_url
 
 from notifier.errors import MalformedMessage, NotifierError
-from notifier.version import version
 from notifier.wire.message import decode
 from notifier.wire.routing import DEFAULT_QUEUE
+from notifier.wire.version import version
 from tasks.app import app, registry
 from tasks.dead_letters.store import DeadLetter, DeadLetters
 from tasks.dispatch.delivery import listener_task_id
