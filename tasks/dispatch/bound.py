@@ -22,7 +22,7 @@ import redis
 from celery import states
 
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch.delivery import queue_of, redelivered
+from tasks.dispatch.delivery import log_fields, queue_of, redelivered
 from tasks.listeners.registry import Registry
 from tasks.listeners.runs import ListenerRun
 
@@ -85,7 +85,16 @@ class DeliveryBound:
             attempts=deliveries - 1,
             queue=queue_of(task),
         )
-        logger.error("%s: its worker died each time; kept as dead letter %s", listener, letter.id)
+        logger.error(
+            "%s: its worker died each time; kept as dead letter %s",
+            listener,
+            letter.id,
+            extra=log_fields(
+                message.get("event_id") if isinstance(message, dict) else None,
+                listener,
+                queue_of(task),
+            ),
+        )
         # Its run ends here; a count left behind would lapse.
         with contextlib.suppress(redis.RedisError, OSError):
             self.dead_letters.forget_redeliveries(task_id)

@@ -26,7 +26,7 @@ from notifier.errors import ListenersNotSent
 from notifier.wire.message import DISPATCH_TASK
 from tasks.broker.taking import Taken, Taker
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch.delivery import queue_of
+from tasks.dispatch.delivery import log_fields, queue_of
 from tasks.listeners.registry import Registry
 
 __all__ = ["KeptAsDeadLetter", "dead_letter_failure", "dead_letter_unreadable"]
@@ -87,7 +87,13 @@ def dead_letter_failure(
                 exc_info=True,
             )
             continue
-        logger.error("%s failed for good: kept as dead letter %s", listener_name or name, letter.id)
+        fields = log_fields(_event_id(message), listener_name, queue_of(task))
+        logger.error(
+            "%s failed for good: kept as dead letter %s",
+            listener_name or name,
+            letter.id,
+            extra=fields,
+        )
 
 
 def dead_letter_unreadable(
@@ -110,6 +116,10 @@ def dead_letter_unreadable(
         logger.exception("could not acknowledge %d unreadable messages taken", len(items))
         taker.release(item.tag for item in items)
     return True
+
+
+def _event_id(message: Any) -> Any:
+    return message.get("event_id") if isinstance(message, dict) else None
 
 
 def _dead_letter_one(dead_letters: DeadLetters, queue: str | None, item: Taken) -> None:

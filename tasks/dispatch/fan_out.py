@@ -24,7 +24,7 @@ from notifier.wire.message import Message
 from notifier.wire.protocol import signalled
 from notifier.wire.trace_context import attached
 from tasks.broker.taking import Taker
-from tasks.dispatch.delivery import Delivery, listener_task_id
+from tasks.dispatch.delivery import Delivery, listener_task_id, log_fields
 from tasks.listeners.registry import Listener
 
 __all__ = ["SEND_ERRORS", "RoundSends", "fan_out"]
@@ -75,7 +75,12 @@ def fan_out(
                 queue=listener.queue,
             )
         except SEND_ERRORS:
-            logger.exception("event %s not sent to listener %s", message.event_id, listener.name)
+            logger.exception(
+                "event %s not sent to listener %s",
+                message.event_id,
+                listener.name,
+                extra=log_fields(message.event_id, listener.name, listener.queue),
+            )
             not_sent.append(listener.name)
         else:
             sent.append(listener.name)

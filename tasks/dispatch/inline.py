@@ -53,7 +53,7 @@ from notifier.wire.message import Message
 from notifier.wire.protocol import argsrepr
 from tasks.broker.tracing import Traced, trace
 from tasks.broker.versions import internals_checked
-from tasks.dispatch.delivery import listener_task_id
+from tasks.dispatch.delivery import listener_task_id, log_fields
 from tasks.dispatch.fan_out import SEND_ERRORS
 from tasks.dispatch.pace import Pace
 from tasks.listeners.listener import Listener
@@ -204,7 +204,11 @@ def _rejected(listener: Listener, data: Any, message: Message, traced: Traced) -
     reason = getattr(traced.exception, "reason", None)
     if isinstance(reason, SEND_ERRORS):
         logger.error(
-            "event %s not sent to listener %s: %s", message.event_id, listener.name, reason
+            "event %s not sent to listener %s: %s",
+            message.event_id,
+            listener.name,
+            reason,
+            extra=log_fields(message.event_id, listener.name, listener.queue),
         )
         return False
     if not getattr(traced.exception, "requeue", False):
@@ -226,6 +230,7 @@ def hand_over(listeners: Sequence[Listener], data: Any, task_id: str) -> list[st
                 "finish (its worker died or stopped); its own task tries again",
                 listener.name,
                 task_id,
+                extra=log_fields(task_id, listener.name, listener.queue),
             )
         else:
             not_sent.append(listener.name)
@@ -245,6 +250,11 @@ def send_own_task(listener: Listener, data: Any, task_id: str, *, retries: int) 
             retries=retries,  # type: ignore[call-arg]  # a message option
         )
     except SEND_ERRORS:
-        logger.exception("event %s not sent to listener %s", task_id, listener.name)
+        logger.exception(
+            "event %s not sent to listener %s",
+            task_id,
+            listener.name,
+            extra=log_fields(task_id, listener.name, listener.queue),
+        )
         return False
     return True

@@ -28,7 +28,7 @@ from tasks.broker.taking import Taken, Taker
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch.batches import Batches
 from tasks.dispatch.coverage import Coverage
-from tasks.dispatch.delivery import Delivery
+from tasks.dispatch.delivery import Delivery, log_fields
 from tasks.dispatch.failures import dead_letter_unreadable
 from tasks.dispatch.fan_out import SEND_ERRORS, RoundSends, fan_out
 from tasks.dispatch.inline import Inline, hand_over, run_here
@@ -115,7 +115,12 @@ class DispatchRun:
             message = decode(data)
         except MalformedMessage as exc:
             letter = self.dead_letters.add(exc.reason, data, queue=self.queue)
-            logger.error("malformed message kept as dead letter %s: %s", letter.id, exc.reason)
+            logger.error(
+                "malformed message kept as dead letter %s: %s",
+                letter.id,
+                exc.reason,
+                extra=log_fields(delivery.task_id, None, self.queue),
+            )
             delivery.dead_letter = letter.id
             return []
         wanted = self.registry.matching(message, only)

@@ -294,6 +294,31 @@ def test_a_listener_that_failed_for_good_ends_in_the_dead_letters(registry, dead
     assert letter.traceback == "Traceback (most recent call last): ..."
 
 
+def test_the_log_record_of_a_listener_that_failed_for_good_carries_the_event_and_listener(
+    registry, dead_letters, wired, caplog
+):
+    registry.listener("article", name="search.index")(ignore)
+    data = message()
+    task = registry["search.index"].task
+    task.push_request(delivery_info={"routing_key": registry["search.index"].queue})
+    try:
+        with caplog.at_level(logging.ERROR, logger="notifier"):
+            signals.task_failure.send(
+                sender=task,
+                task_id=f"{data['event_id']}:search.index",
+                exception=TimeoutError("the index is locked"),
+                args=[data],
+                kwargs={},
+                einfo=None,
+            )
+    finally:
+        task.pop_request()
+
+    [record] = [r for r in caplog.records if "failed for good" in r.getMessage()]
+    assert (record.event_id, record.listener) == (data["event_id"], "search.index")
+    assert record.queue == registry["search.index"].queue
+
+
 def test_a_task_that_is_no_listener_is_not_dead_lettered_as_one(dead_letters, wired):
     other = Celery("other", broker="memory://").task(shared=False, name="other.task")(ignore)
 
