@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from kombu.exceptions import KombuError
@@ -50,16 +51,7 @@ def fan_out(
     ]
     if written and taker is not None:
         try:
-            taker.send(
-                (
-                    listener.task.name,
-                    listener_task_id(message.task_id, listener.name),
-                    message.as_dict(),
-                    listener.queue,
-                    message.task_id,
-                )
-                for listener in written
-            )
+            taker.send(listener_tasks(message, written))
         except (redis.RedisError, OSError):
             logger.exception("event %s not sent to listeners %s", message.event_id, written)
             not_sent.extend(listener.name for listener in written)
@@ -118,16 +110,7 @@ class RoundSends:
         failure: BaseException | None = None
         for entry in kept:
             delivery, message, listeners = entry
-            tasks = [
-                (
-                    listener.task.name,
-                    listener_task_id(message.task_id, listener.name),
-                    message.as_dict(),
-                    listener.queue,
-                    message.task_id,
-                )
-                for listener in listeners
-            ]
+            tasks = listener_tasks(message, listeners)
             with attached(delivery.headers):
                 if not one_by_one:
                     composed.extend(self.taker.compose(*task) for task in tasks)
@@ -159,6 +142,23 @@ class RoundSends:
         """Drop what is kept (for ``delivery`` alone, when given): its messages are handed out
         again whole."""
         self.kept = [kept for kept in self.kept if delivery is not None and kept[0] is not delivery]
+
+
+def listener_tasks(
+    message: Message, listeners: Sequence[Listener]
+) -> list[tuple[str, str, Any, str, str | None]]:
+    """What the taker sends for ``message`` to each of ``listeners``
+    (:meth:`tasks.broker.taking.Taker.send`): its task, on its queue, sent by dispatch."""
+    return [
+        (
+            listener.task.name,
+            listener_task_id(message.task_id, listener.name),
+            message.as_dict(),
+            listener.queue,
+            message.task_id,
+        )
+        for listener in listeners
+    ]
 
 
 def _log_sent(message: Message, sent: list[str]) -> None:

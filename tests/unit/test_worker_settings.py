@@ -187,28 +187,26 @@ def test_the_visibility_timeout_sets_the_transports_and_its_sweep():
     assert started.stdout.split() == ["45", "45", "4"]
 
 
-def test_the_inline_budget_is_the_pace_dispatch_keeps_its_listeners_to():
+@pytest.mark.parametrize(
+    ("setting", "value", "conf", "built"),
+    [
+        # The pace dispatch keeps its listeners to.
+        ("NOTIFIER_INLINE_BUDGET", "0.02", "notifier_inline_budget", "pace.budget"),
+        # How long the worker's dispatch runs wait for more messages.
+        ("NOTIFIER_DISPATCH_LINGER", "0.05", "notifier_dispatch_linger", "linger"),
+    ],
+    ids=["inline-budget", "dispatch-linger"],
+)
+def test_a_setting_in_seconds_is_what_the_worker_s_wiring_uses(setting, value, conf, built):
     started = start_worker_side(
         f"{START}; from tasks.app import app; from tasks.wiring import wire; "
         "from tasks.listeners.registry import Registry; "
-        "print(app.conf.notifier_inline_budget, wire(app, Registry(app)).pace.budget)",
-        NOTIFIER_INLINE_BUDGET="0.02",
+        f"print(app.conf.{conf}, wire(app, Registry(app)).{built})",
+        **{setting: value},
     )
 
     assert started.returncode == 0, started.stderr
-    assert started.stdout.split() == ["0.02", "0.02"]
-
-
-def test_the_dispatch_linger_is_how_long_the_worker_s_dispatch_runs_wait_for_more():
-    started = start_worker_side(
-        f"{START}; from tasks.app import app; from tasks.wiring import wire; "
-        "from tasks.listeners.registry import Registry; "
-        "print(app.conf.notifier_dispatch_linger, wire(app, Registry(app)).linger)",
-        NOTIFIER_DISPATCH_LINGER="0.05",
-    )
-
-    assert started.returncode == 0, started.stderr
-    assert started.stdout.split() == ["0.05", "0.05"]
+    assert started.stdout.split() == [value, value]
 
 
 def test_a_worker_takes_dispatch_messages_before_its_listeners_own_tasks(tmp_path):
