@@ -12,6 +12,7 @@ from notifier.request import gave_up, give_up, shared_environ
 from notifier.settings import NotifierSettings
 from notifier.spool import Spool
 from notifier.spool.log import broker_trouble, cause
+from notifier.wire.logs import log_fields
 from notifier.wire.message import Message, encode, split
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ class Subscriber:
             give_up(request, self)
             self._spool(message, queue, identity, exc)
         else:
-            logger.debug("published %s", identity, extra=_fields(message, queue))
+            logger.debug("published %s", identity, extra=log_fields(message.event_id, queue=queue))
 
     def _spool_holds_messages(self) -> bool:
         assert self.spool is not None
@@ -149,7 +150,7 @@ class Subscriber:
     ) -> None:
         # One line for each message not published: what it is, why, and where it went. The
         # broker's own trouble (down, hung, refusing) is what the spool is for: no traceback.
-        fields = _fields(message, queue)
+        fields = log_fields(message.event_id, queue=queue)
         why = f" ({cause(failure)})" if failure is not None else ""
         unexpected = failure if failure is not None and not broker_trouble(failure) else None
         if self.spool is None:
@@ -178,11 +179,6 @@ class Subscriber:
                 exc_info=unexpected,
                 extra=fields,
             )
-
-
-def _fields(message: Message, queue: str) -> dict[str, str]:
-    # What a log record of a message carries as fields (a JSON formatter's keys).
-    return {"event_id": message.event_id, "queue": queue}
 
 
 def _request_id(environ: dict[str, Any] | None) -> str:

@@ -21,8 +21,9 @@ from typing import Any
 import redis
 from celery import states
 
+from notifier.wire.logs import log_fields
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch.delivery import log_fields, queue_of, redelivered
+from tasks.dispatch.delivery import queue_of, redelivered
 from tasks.listeners.registry import Registry
 from tasks.listeners.runs import ListenerRun
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["log_fields", "Delivery", "listener_task_id", "queue_of", "redelivered"]
+__all__ = ["Delivery", "listener_task_id", "queue_of", "redelivered"]
 
 
 @dataclass(eq=False)
@@ -29,15 +29,6 @@ class Delivery:
     not_sent: list[str] = field(default_factory=list)  # listeners the broker did not take
     dead_letter: str | None = None  # the id of the dead letter that keeps it, if malformed
     headers: Any = None  # a taken message's headers (its trace context among them)
-
-
-def log_fields(
-    event_id: Any = None, listener: str | None = None, queue: str | None = None
-) -> dict[str, Any]:
-    """What a log record about an event carries as fields (``extra=``), for a formatter that
-    writes them (JSON logs): ``event_id`` (for one part of an event cut in parts, its message's
-    task id, ``<event id>.<part>``), ``listener`` and ``queue``, each None when unknown."""
-    return {"event_id": event_id, "listener": listener, "queue": queue}
 
 
 def listener_task_id(task_id: str, listener_name: str) -> str:

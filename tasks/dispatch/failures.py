@@ -23,10 +23,11 @@ import redis
 from celery.exceptions import Reject
 
 from notifier.errors import ListenersNotSent
+from notifier.wire.logs import log_fields
 from notifier.wire.message import DISPATCH_TASK
 from tasks.broker.taking import Taken, Taker
 from tasks.dead_letters import DeadLetters
-from tasks.dispatch.delivery import log_fields, queue_of
+from tasks.dispatch.delivery import queue_of
 from tasks.listeners.registry import Registry
 
 __all__ = ["KeptAsDeadLetter", "dead_letter_failure", "dead_letter_unreadable"]

@@ -49,11 +49,12 @@ from typing import Any
 from celery import states
 
 from notifier.errors import ListenersNotSent
+from notifier.wire.logs import log_fields
 from notifier.wire.message import Message
 from notifier.wire.protocol import argsrepr
 from tasks.broker.tracing import Traced, trace
 from tasks.broker.versions import internals_checked
-from tasks.dispatch.delivery import listener_task_id, log_fields
+from tasks.dispatch.delivery import listener_task_id
 from tasks.dispatch.fan_out import SEND_ERRORS
 from tasks.dispatch.pace import Pace
 from tasks.listeners.listener import Listener

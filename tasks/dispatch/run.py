@@ -21,6 +21,7 @@ import redis
 from celery import Task
 
 from notifier.errors import ListenersNotSent, MalformedMessage
+from notifier.wire.logs import log_fields
 from notifier.wire.message import DISPATCH_TASK, decode
 from notifier.wire.routing import DEFAULT_QUEUE
 from notifier.wire.trace_context import attached
@@ -28,7 +29,7 @@ from tasks.broker.taking import Taken, Taker
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch.batches import Batches
 from tasks.dispatch.coverage import Coverage
-from tasks.dispatch.delivery import Delivery, log_fields
+from tasks.dispatch.delivery import Delivery
 from tasks.dispatch.failures import dead_letter_unreadable
 from tasks.dispatch.fan_out import SEND_ERRORS, RoundSends, fan_out
 from tasks.dispatch.inline import Inline, hand_over, run_here
