@@ -21,11 +21,12 @@ import redis
 from kombu.exceptions import KombuError
 
 from notifier.errors import ListenersNotSent
+from notifier.wire.logs import log_fields
 from notifier.wire.message import Message
 from notifier.wire.protocol import signalled
 from notifier.wire.trace_context import attached
 from tasks.broker.taking import Taker
-from tasks.dispatch.delivery import Delivery, listener_task_id, log_fields
+from tasks.dispatch.delivery import Delivery, listener_task_id
 from tasks.listeners.registry import Listener
 
 __all__ = ["SEND_ERRORS", "RoundSends", "fan_out"]
@@ -106,7 +107,7 @@ class RoundSends:
             return
         one_by_one = signalled()
         composed: list[tuple[str, str]] = []
-        refused: list[tuple[Delivery, Message, list[Listener]]] = []
+        sent: list[tuple[Delivery, Message, list[Listener]]] = []
         failure: BaseException | None = None
         for entry in kept:
             delivery, message, listeners = entry
@@ -118,13 +119,18 @@ class RoundSends:
                 try:
                     self.taker.send(tasks)
                 except (redis.RedisError, OSError) as exc:
-                    refused.append(entry)
                     failure = exc
+                else:
+                    sent.append(entry)
         if composed:
             try:
                 self.taker.write(composed)
             except (redis.RedisError, OSError) as exc:
-                refused, failure = kept, exc
+                failure = exc
+            else:
+                sent = kept
+        done = {id(entry) for entry in sent}
+        refused = [entry for entry in kept if id(entry) not in done]
         if refused:
             logger.warning(
                 "the listener tasks of %d events taken were not sent, to be sent again: %r",
@@ -133,10 +139,8 @@ class RoundSends:
             )
             for delivery, _, listeners in refused:
                 delivery.not_sent.extend(listener.name for listener in listeners)
-        for entry in kept:
-            if entry not in refused:
-                _, message, listeners = entry
-                _log_sent(message, [listener.name for listener in listeners])
+        for _, message, listeners in sent:
+            _log_sent(message, [listener.name for listener in listeners])
 
     def forget(self, delivery: Delivery | None = None) -> None:
         """Drop what is kept (for ``delivery`` alone, when given): its messages are handed out
