@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from celery import signals
@@ -197,13 +198,28 @@ def argsrepr(args: Sequence[object]) -> str:
     them. Celery's repr of a 1 KB message costs more than sending it, and floods the log."""
     message = args[0] if len(args) == 1 else None
     if isinstance(message, dict) and "event_id" in message:
+        payload = message.get("payload")
+        uri = payload.get("uri") if isinstance(payload, dict) else None
         return (
             f"[<message {message['event_id']}: {message.get('action')} "
-            f"{message.get('resource_name')}, part {message.get('part', 0)}>]"
+            f"{message.get('resource_name')} {uri} {_record_ids(message)}, "
+            f"part {message.get('part', 0)}>]"
         )
     if isinstance(message, list) and message and isinstance(message[0], dict):
         return f"[<{len(message)} messages, from {message[0].get('event_id')}>]"
     return f"[<{len(args)} arguments>]"
+
+
+def _record_ids(message: dict[str, Any]) -> str:
+    # The ids of the records a message changes, the first few of them: "(r1, r2 and 8 more)".
+    records = message.get("impacted_records")
+    ids = []
+    for record in records if isinstance(records, list) else []:
+        version = (record.get("new") or record.get("old")) if isinstance(record, dict) else None
+        if isinstance(version, dict) and "id" in version:
+            ids.append(str(version["id"]))
+    shown = ", ".join(ids[:3])
+    return f"({shown} and {len(ids) - 3} more)" if len(ids) > 3 else f"({shown})"
 
 
 def direct_redis_url(broker_url: str) -> str | None:

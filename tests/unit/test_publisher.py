@@ -150,7 +150,9 @@ def test_on_redis_a_message_is_pushed_as_the_dispatch_task_celery_would_send(red
     assert embed == {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def test_on_redis_the_body_is_not_base64_and_the_log_names_the_event(redis_publisher):
+def test_on_redis_the_body_is_not_base64_and_the_log_names_the_event_and_its_records(
+    redis_publisher,
+):
     sent = message({"id": "a1", "title": "x" * 1000})
 
     redis_publisher.publish(sent, "notifier")
@@ -160,7 +162,7 @@ def test_on_redis_the_body_is_not_base64_and_the_log_names_the_event(redis_publi
     assert "body_encoding" not in envelope["properties"]
     assert json.loads(envelope["body"])[0] == [sent.as_dict()]
     assert envelope["headers"]["argsrepr"] == (
-        f"[<message {sent.event_id}: create article, part 0>]"
+        f"[<message {sent.event_id}: create article /articles (a1), part 0>]"
     )
 
 
@@ -298,3 +300,16 @@ def test_on_redis_a_message_the_broker_refused_sends_no_after_task_publish(publi
         publisher.publish(message(), "notifier")
 
     assert [what for what, *_ in publish_signals] == ["before"]
+
+
+def test_the_log_names_the_first_three_records_of_a_larger_event(redis_publisher):
+    payload = {"resource_name": "article", "action": "delete", "uri": "/articles"}
+    records = [{"old": {"id": f"a{number}"}} for number in range(5)]
+    sent = encode(payload, records, list(range(5)), request_id="req-1")
+
+    redis_publisher.publish(sent, "notifier")
+
+    [item] = redis_publisher.client.lrange("notifier", 0, -1)
+    assert json.loads(item)["headers"]["argsrepr"] == (
+        f"[<message {sent.event_id}: delete article /articles (a0, a1, a2 and 2 more), part 0>]"
+    )
