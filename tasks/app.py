@@ -15,6 +15,7 @@ from celery.utils.text import str_to_list
 
 from tasks import defaults
 from tasks.broker.visibility import KeepDeliveriesVisible
+from tasks.broker.worker_view import ShareWorkerView
 from tasks.listeners.registry import Registry
 from tasks.settings import configure, queue
 
@@ -75,3 +76,6 @@ def _configure_at_start(sender: Celery, **kwargs: Any) -> None:
 # Living workers keep the messages they hold from being handed out again
 # (tasks/broker/visibility.py).
 app.steps["consumer"].add(KeepDeliveriesVisible)
+# Its pool processes see what its main process knows of task events, rate limits and revokes,
+# and it sees which listener they run in dispatch (tasks/broker/worker_view.py).
+app.steps["consumer"].add(ShareWorkerView)

@@ -9,8 +9,8 @@ and Celery's signals sent (``task_prerun``, ``task_success``, ``task_retry``, ``
 good, tasks/dispatch/signals.py; tracing and metrics built on the signals) sees every run,
 whichever path ran it. Celery's worker gets all of that from the tracer it builds for each task;
 :func:`trace` runs the listener's task through that same tracer. What the worker's main process
-does around a task it received is not done: no task events (Flower's), and ``inspect active``
-names the dispatch task.
+does around a task it received (its task events, what ``inspect active`` shows) is done by
+tasks/dispatch/task_events.py and tasks/broker/worker_view.py.
 
 Relied on, checked on Celery 5.7.0: ``celery.app.trace.trace_task`` (in that module's
 ``__all__``) runs a task's tracer (``Task.__trace__``, which the worker's pool process builds
@@ -43,13 +43,17 @@ class Traced:
     state: str
     #: What ended it, unless it succeeded: the task's exception, Celery's Retry, Ignore or Reject.
     exception: BaseException | None = None
+    #: What the task returned, after a success.
+    retval: Any = None
+    #: How long the run took, in seconds, as Celery's tracer measured it.
+    runtime: float = 0.0
 
 
 def trace(task: Any, task_id: str, args: tuple[Any, ...], request: dict[str, Any]) -> Traced:
     """Run ``task`` with ``args`` as Celery's worker runs it, under ``request`` (the message's
     request: its ``id`` is ``task_id``, its ``delivery_info``, its ``retries``)."""
     try:
-        _retval, info, _runtime, _retstr = trace_task(
+        retval, info, runtime, _retstr = trace_task(
             task, task_id, args, {}, request, app=task.app, hostname=request.get("hostname")
         )
     except Reject as exc:
@@ -57,6 +61,6 @@ def trace(task: Any, task_id: str, args: tuple[Any, ...], request: dict[str, Any
         # for the worker to reject the task's message. Here, the listener's run alone ends so.
         return Traced(states.REJECTED, exc)
     if info is None:
-        return Traced(states.SUCCESS)
+        return Traced(states.SUCCESS, retval=retval, runtime=runtime or 0.0)
     exception = info.retval if isinstance(info.retval, BaseException) else None
-    return Traced(info.state, exception)
+    return Traced(info.state, exception, runtime=runtime or 0.0)

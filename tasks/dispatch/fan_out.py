@@ -23,10 +23,11 @@ from kombu.exceptions import KombuError
 from notifier.errors import ListenersNotSent
 from notifier.wire.logs import log_fields
 from notifier.wire.message import Message
-from notifier.wire.protocol import signalled
+from notifier.wire.protocol import argsrepr, signalled
 from notifier.wire.trace_context import attached
 from tasks.broker.taking import Taker
 from tasks.dispatch.delivery import Delivery, listener_task_id
+from tasks.dispatch.task_events import events_of
 from tasks.listeners.registry import Listener
 
 __all__ = ["SEND_ERRORS", "RoundSends", "fan_out"]
@@ -58,6 +59,7 @@ def fan_out(
             not_sent.extend(listener.name for listener in written)
         else:
             sent.extend(listener.name for listener in written)
+            _sent_events(message, written)
     for listener in listeners:
         if listener in written:
             continue
@@ -141,6 +143,7 @@ class RoundSends:
                 delivery.not_sent.extend(listener.name for listener in listeners)
         for _, message, listeners in sent:
             _log_sent(message, [listener.name for listener in listeners])
+            _sent_events(message, listeners)
 
     def forget(self, delivery: Delivery | None = None) -> None:
         """Drop what is kept (for ``delivery`` alone, when given): its messages are handed out
@@ -163,6 +166,25 @@ def listener_tasks(
         )
         for listener in listeners
     ]
+
+
+def _sent_events(message: Message, listeners: Sequence[Listener]) -> None:
+    # ``task-sent`` of the tasks the taker wrote, as send_task sends it (kombu's path does).
+    if not listeners:
+        return
+    events = events_of(listeners[0].task.app)
+    if not events.on:
+        return
+    readable = argsrepr((message.as_dict(),))
+    for listener in listeners:
+        events.sent(
+            listener_task_id(message.task_id, listener.name),
+            listener.task.name,
+            readable,
+            listener.queue,
+            parent_id=message.task_id,
+            root_id=message.task_id,
+        )
 
 
 def _log_sent(message: Message, sent: list[str]) -> None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import logging
 import marshal
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,9 +55,11 @@ from notifier.wire.message import Message
 from notifier.wire.protocol import argsrepr
 from tasks.broker.tracing import Traced, trace
 from tasks.broker.versions import internals_checked
+from tasks.broker.worker_view import shared
 from tasks.dispatch.delivery import listener_task_id
 from tasks.dispatch.fan_out import SEND_ERRORS
 from tasks.dispatch.pace import Pace
+from tasks.dispatch.task_events import TaskEvents, events_of
 from tasks.listeners.listener import Listener
 
 __all__ = [
@@ -121,8 +124,9 @@ class Inline:
         their second attempt. A retry for some listeners (``only``) is for listeners the broker
         did not take: their tasks are sent as usual."""
         result = Plan()
+        rate_limited = shared.view().rate_limited
         for listener in listeners:
-            if not self.may_run(listener):
+            if not self.may_run(listener) or listener.task.name in rate_limited:
                 result.sent.append(listener)
             elif again:
                 # One the pace sent a task of its own had its first attempt there.
@@ -159,7 +163,9 @@ def run_here(
     once the others ran."""
     not_sent = []
     readable = argsrepr((data,))
+    view = shared.view()
     for listener in listeners:
+        events = events_of(listener.task.app)
         if until is not None and clock() >= until:
             if not send_own_task(listener, data, message.task_id, retries=0):
                 not_sent.append(listener.name)
@@ -180,12 +186,57 @@ def run_here(
             "argsrepr": readable,
             "kwargsrepr": "{}",
         }
-        traced = trace(listener.task, task_id, args, request)
+        if task_id in view.revoked:
+            _revoked(events, listener, message, task_id)
+            continue
+        events_on = events.on
+        if events_on:
+            events.received(
+                task_id,
+                listener.task.name,
+                readable,
+                parent_id=message.task_id,
+                root_id=message.task_id,
+            )
+        with shared.running(_active(request, listener)):
+            traced = trace(listener.task, task_id, args, request)
+        if events_on:
+            events.ended(task_id, traced)
         if traced.state == states.REJECTED and not _rejected(listener, data, message, traced):
             not_sent.append(listener.name)
     if not_sent:
         raise ListenersNotSent(not_sent)
     return [listener.name for listener in listeners]
+
+
+def _active(request: dict[str, Any], listener: Listener) -> dict[str, Any]:
+    # What ``inspect active`` shows of the run, as Celery's Request.info(safe=True) gives it.
+    return {
+        "id": request["id"],
+        "name": listener.task.name,
+        "args": request["argsrepr"],
+        "kwargs": "{}",
+        "type": listener.task.name,
+        "hostname": request["hostname"],
+        "time_start": time.time(),
+        "acknowledged": True,
+        "delivery_info": request["delivery_info"],
+        "worker_pid": os.getpid(),
+        "parent_id": request["parent_id"],
+    }
+
+
+def _revoked(events: TaskEvents, listener: Listener, message: Message, task_id: str) -> None:
+    # ``celery control revoke <event_id>:<listener>``: the run is skipped, as the worker skips
+    # a revoked task's message.
+    logger.info(
+        "listener %s: its run on event %s was revoked",
+        listener.name,
+        message.event_id,
+        extra=log_fields(message.event_id, listener.name, listener.queue),
+    )
+    if events.on:
+        events.send("task-revoked", uuid=task_id, terminated=False, signum=None, expired=False)
 
 
 def own_copy(data: Any) -> Any:

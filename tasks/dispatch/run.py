@@ -18,23 +18,27 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Task, states
 
 from notifier.errors import ListenersNotSent, MalformedMessage
 from notifier.wire.logs import log_fields
 from notifier.wire.message import DISPATCH_TASK, decode
+from notifier.wire.protocol import argsrepr
 from notifier.wire.routing import DEFAULT_QUEUE
 from notifier.wire.trace_context import attached
 from tasks.broker.taking import Taken, Taker
+from tasks.broker.tracing import Traced
+from tasks.broker.worker_view import shared
 from tasks.dead_letters import DeadLetters
 from tasks.dispatch.batches import Batches
 from tasks.dispatch.coverage import Coverage
 from tasks.dispatch.delivery import Delivery
-from tasks.dispatch.failures import dead_letter_unreadable
+from tasks.dispatch.failures import KeptAsDeadLetter, dead_letter_unreadable
 from tasks.dispatch.fan_out import SEND_ERRORS, RoundSends, fan_out
 from tasks.dispatch.inline import Inline, hand_over, run_here
 from tasks.dispatch.pace import Pace
 from tasks.dispatch.retries import DISPATCH_RETRIES, dispatch_countdown
+from tasks.dispatch.task_events import TaskEvents, events_of
 from tasks.listeners.registry import Listener, Registry
 
 __all__ = ["LINGER", "TAKE_AT_MOST", "TAKE_BYTES", "TAKE_FOR", "TAKE_POLL", "DispatchRun"]
@@ -106,6 +110,7 @@ class DispatchRun:
         self.linger = linger
         self.sleep = sleep
         self.taken: list[Delivery] = []  # taken, not acknowledged yet
+        self.events = events_of(registry.app)
         self.started = clock()
 
     def handle(self, delivery: Delivery) -> list[str]:
@@ -232,10 +237,14 @@ class DispatchRun:
                     else None,
                 )
                 self.taken.append(delivery)
+                if item.task_id in shared.view().revoked:
+                    # Dropped, as the worker drops a revoked task's message.
+                    _revoked(self.events, item.task_id)
+                    continue
                 try:
                     # In the message's trace, not the dispatch task's (wire/trace_context.py).
                     with attached(delivery.headers):
-                        self.handle(delivery)
+                        self._handle_taken(delivery)
                 except BaseException:
                     # Left unacknowledged, for the sweep; the rest of the round given back.
                     self.taken.remove(delivery)
@@ -245,6 +254,26 @@ class DispatchRun:
                     self._give_back(readable[index + 1 :])
                     raise
             self._settle()
+
+    def _handle_taken(self, delivery: Delivery) -> None:
+        # Handle a taken message as its own dispatch task would be, to Celery's task events.
+        events = self.events
+        if not events.on:
+            self.handle(delivery)
+            return
+        headers = delivery.headers or {}
+        task_id = delivery.task_id or ""
+        events.received(
+            task_id,
+            DISPATCH_TASK,
+            argsrepr((delivery.message,)),
+            parent_id=headers.get("parent_id"),
+            root_id=headers.get("root_id"),
+            retries=delivery.retries,
+        )
+        started = time.perf_counter()
+        ran = self.handle(delivery)
+        events.ended(task_id, _outcome(delivery, ran, time.perf_counter() - started))
 
     def finish(self) -> None:
         """Send the batches not full yet, and acknowledge what is handled."""
@@ -335,6 +364,22 @@ class DispatchRun:
             self.taker.send([(listener.task.name, task_id, messages, listener.queue, parent_id)])
         else:
             listener.task.apply_async(args=(messages,), task_id=task_id, queue=listener.queue)
+
+
+def _outcome(delivery: Delivery, ran: list[str], runtime: float) -> Traced:
+    # How the handling of a taken message ends, as its own dispatch task would have.
+    if delivery.dead_letter is not None:
+        reason = f"a malformed message, kept as dead letter {delivery.dead_letter}"
+        return Traced(states.FAILURE, KeptAsDeadLetter(reason, requeue=False), runtime=runtime)
+    if delivery.not_sent:
+        return Traced(states.RETRY, ListenersNotSent(delivery.not_sent), runtime=runtime)
+    return Traced(states.SUCCESS, retval=ran, runtime=runtime)
+
+
+def _revoked(events: TaskEvents, task_id: str) -> None:
+    logger.info("dispatch %s was revoked: its message is dropped", task_id)
+    if events.on:
+        events.send("task-revoked", uuid=task_id, terminated=False, signum=None, expired=False)
 
 
 def _noting_not_sent(

@@ -31,7 +31,14 @@ __all__ = ["DISPATCH_RETRIES", "dispatch", "dispatch_countdown"]
 # A pool process lost while running a listener's first attempt (tasks/dispatch/inline.py) has
 # dispatch retried at once, as the listener's own task would be, not after Celery's default
 # 3 minutes.
-@app.task(name=DISPATCH_TASK, bind=True, max_retries=DISPATCH_RETRIES, default_retry_delay=0)
+# Its request, in the worker's main process, names the listener it runs (inspect active).
+@app.task(
+    name=DISPATCH_TASK,
+    bind=True,
+    max_retries=DISPATCH_RETRIES,
+    default_retry_delay=0,
+    Request="tasks.broker.worker_view:DispatchRequest",
+)
 def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) -> list[str]:
     """Run every listener that wants ``message``; then take the next dispatch messages of its
     queue and do the same for each (tasks/broker/taking.py); try again for the listeners it could
