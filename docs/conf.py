@@ -18,4 +18,5 @@ myst_heading_anchors = 4
 
 html_theme = "alabaster"
 html_title = "notifier"
-html_static_path: list[str] = []
+# docs/_static/flower.png: the picture of Flower that ./scripts/screenshot takes (watching.md).
+html_static_path = ["_static"]
