@@ -74,13 +74,8 @@ def includeme(config: Configurator) -> None:
     subscriber = build_subscriber(config, publishing, "notifier")
     config.registry["notifier.settings"] = publishing
     config.registry["notifier.publisher"] = subscriber.publisher
-    heartbeats = getattr(config.registry, "heartbeats", None)  # Kinto's /__heartbeat__
-    if isinstance(heartbeats, dict):
-        from notifier.heartbeat import Pingable, broker_heartbeat, outbox_heartbeat
+    from notifier.heartbeat import add_heartbeats
 
-        if isinstance(subscriber.publisher, Pingable):
-            heartbeats["notifier"] = broker_heartbeat(subscriber.publisher)
-        if subscriber.outbox is not None:
-            heartbeats["notifier_outbox"] = outbox_heartbeat(subscriber.outbox)
+    add_heartbeats(config.registry, subscriber, "notifier")  # Kinto's /__heartbeat__
     # notifier's ResourceChanged, and Kinto's with kinto.includes = notifier.
     CeleryForwarder(subscriber).subscribe(config, "notifier.", change_events())

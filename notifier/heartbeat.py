@@ -5,7 +5,9 @@ when one says False. ``notifier`` pings the broker (one command, bounded by
 ``notifier.publish_timeout``): False while it does not answer, although writes go on (the spool
 or the outbox keeps their messages), so that monitoring sees it. ``notifier_outbox`` reads the
 outbox table: False when it cannot, or when a row has waited longer than twice
-``notifier.outbox_relay_after`` (no process is publishing what committed).
+``notifier.outbox_relay_after`` (no process is publishing what committed). A listener
+configured the Kinto way (``kinto.event_listeners = celery``) adds ``notifier_celery`` and
+``notifier_celery_outbox``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from notifier.spool.log import cause
 
 if TYPE_CHECKING:
     from notifier.outbox.relay import Outbox
+    from notifier.subscriber import Subscriber
 
 
 @runtime_checkable
@@ -27,9 +30,21 @@ class Pingable(Protocol):
     def ping(self) -> None: ...
 
 
-__all__ = ["Pingable", "broker_heartbeat", "outbox_heartbeat"]
+__all__ = ["Pingable", "add_heartbeats", "broker_heartbeat", "outbox_heartbeat"]
 
 logger = logging.getLogger("notifier")
+
+
+def add_heartbeats(registry: Any, subscriber: Subscriber, name: str) -> None:
+    """Add ``subscriber``'s entries to Kinto's heartbeat (``registry.heartbeats``, when there
+    is one): ``name``, its broker, and ``<name>_outbox``, its outbox when it writes one."""
+    heartbeats = getattr(registry, "heartbeats", None)
+    if not isinstance(heartbeats, dict):
+        return  # not in Kinto
+    if isinstance(subscriber.publisher, Pingable):
+        heartbeats[name] = broker_heartbeat(subscriber.publisher)
+    if subscriber.outbox is not None:
+        heartbeats[f"{name}_outbox"] = outbox_heartbeat(subscriber.outbox)
 
 
 def broker_heartbeat(publisher: Pingable) -> Callable[[Any], bool]:

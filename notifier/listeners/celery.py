@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from notifier import publisher
+from notifier.heartbeat import add_heartbeats
 from notifier.listeners import Forwarder, env_prefix, forwarder_name
 from notifier.settings import NotifierSettings, parse_settings
 from notifier.spool import Spool
@@ -66,7 +67,9 @@ def load_from_config(config: Configurator, prefix: str) -> CeleryForwarder:
         env_prefix=env_prefix(config, prefix),
         others=("use",),
     )
-    forwarder = CeleryForwarder(build_subscriber(config, settings, forwarder_name(prefix)))
+    name = forwarder_name(prefix)
+    forwarder = CeleryForwarder(build_subscriber(config, settings, name))
+    add_heartbeats(config.registry, forwarder.subscriber, f"notifier_{name}")
     forwarder.subscribe(config, prefix)
     return forwarder
 

@@ -185,6 +185,22 @@ def test_a_kinto_batch_with_a_conflict_in_the_middle_publishes_what_committed_an
     assert_received_exactly_what_committed(database, received, parent_id)
 
 
+def test_kintos_heartbeat_checks_the_broker_and_the_outbox_when_kinto_writes_one(
+    on_postgresql, request
+):
+    kinto, _database = on_postgresql
+    with_outbox = request.node.callspec.params["on_postgresql"]
+
+    status, beats = send("GET", f"{kinto.url}/__heartbeat__")
+
+    assert status == 200
+    assert beats["notifier_celery"] is True  # kinto.event_listeners = celery
+    if with_outbox:
+        assert beats["notifier_celery_outbox"] is True
+    else:
+        assert "notifier_celery_outbox" not in beats
+
+
 def test_a_kinto_batch_with_two_conflicts_publishes_only_what_followed_the_last_one(
     on_postgresql, received
 ):
