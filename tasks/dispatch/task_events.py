@@ -80,7 +80,7 @@ class TaskEvents:
             eta=None,
             expires=None,
         )
-        self.send("task-started", uuid=task_id, pid=os.getpid())
+        self.send("task-started", uuid=task_id)  # the dispatcher adds its pid
 
     def ended(self, task_id: str, traced: Traced) -> None:
         """The event of how the run of ``task_id`` ended, as Celery's request sends it."""
