@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import psutil
 import redis
+from celery import Celery
 
 from bench.counting import (
     BATCH_LISTENER,
@@ -58,6 +59,10 @@ WITHOUT_SLOW_ROW = "notifier, 2 listeners"
 #: in the 2-listener row; and the slow listener's whole backlog, which a round does not wait
 #: for but may come close to (bench/README.md), is 400 x 50 ms over the 2 processes: 10 s.
 BESIDE_SLOW_EVENTS = 400
+#: The row with task events on, and how long the worker's pool takes to see them turned on or
+#: off (tasks/broker/worker_view.py writes the main process's view every 0.05 s).
+TASK_EVENTS_ROW = "notifier, 1 listener, task events on (Flower watching)"
+WORKER_VIEW_SETTLES = 0.3
 
 
 def messages(resource_name: str, count: int) -> list[Message]:
@@ -85,6 +90,8 @@ class Scenario:
     limit_batch: int | None = None
     slow: str | None = None
     events: int | None = None
+    #: Whether the worker sends task events during the row's rounds.
+    task_events: bool = False
     rates: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     slow_runs: list[int] = field(default_factory=list)  # the slow listener's, in each round
@@ -101,7 +108,27 @@ class Scenario:
         )
 
 
-def run_round(scenario: Scenario, drain: Drain, ledger: Ledger, limit: Limit, events: int) -> None:
+def run_round(
+    scenario: Scenario,
+    drain: Drain,
+    ledger: Ledger,
+    limit: Limit,
+    events: int,
+    control: Celery | None = None,
+) -> None:
+    if scenario.task_events and control is not None:
+        control.control.enable_events()
+        time.sleep(WORKER_VIEW_SETTLES)
+        try:
+            _run_round(scenario, drain, ledger, limit, events)
+        finally:
+            control.control.disable_events()
+            time.sleep(WORKER_VIEW_SETTLES)
+        return
+    _run_round(scenario, drain, ledger, limit, events)
+
+
+def _run_round(scenario: Scenario, drain: Drain, ledger: Ledger, limit: Limit, events: int) -> None:
     events = scenario.events or events
     if scenario.slow is not None:
         run_beside_slow(scenario, scenario.slow, drain, ledger, events)
@@ -186,6 +213,7 @@ def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int
         limit = Limit(drain, directory, counts_url, LIMIT_PROCESSES)
         staging_publisher = CeleryPublisher(drain.staging_url, 5)
         staging_celery = celery_sender(drain.staging_url)
+        control = Celery(broker=server.url, set_as_current=False)
 
         def raw_fill() -> None:
             for message in messages("bench_one", events):
@@ -221,6 +249,13 @@ def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int
                 for resource_name, names in LISTENERS.items()
             ),
             Scenario(
+                TASK_EVENTS_ROW,
+                notifier_fill("bench_one"),
+                "notifier",
+                dict.fromkeys(LISTENERS["bench_one"], events),
+                task_events=True,
+            ),
+            Scenario(
                 "notifier, 1 batch listener (batch=100)",
                 notifier_fill(BATCH_RESOURCE),
                 "notifier",
@@ -237,11 +272,12 @@ def bench_workers(server: RedisServer, directory: Path, rounds: int, events: int
         run_beside_slow(beside, SLOW_LISTENER, drain, ledger, beside_slow, timed=False)
         for _ in range(rounds):
             for scenario in scenarios:
-                run_round(scenario, drain, ledger, limit, events)
+                run_round(scenario, drain, ledger, limit, events, control)
         rows = table(scenarios)
         rows.append(bench_memory(worker, drain, directory))
         staging_publisher.close()
         staging_celery.close()
+        control.close()
         return rows
     finally:
         if raw_worker is not None:
