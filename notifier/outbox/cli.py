@@ -17,10 +17,13 @@ from notifier.wire.version import version
 __all__ = ["main"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``notifier-outbox``: create the table, see what it holds, run a standalone relay."""
+def main(argv: list[str] | None = None, *, prog: str = "notifier-outbox") -> int:
+    """``notifier-outbox``: create the table, see what it holds, run a standalone relay.
+
+    ``prog``: the name the command goes by in its messages (``notifier outbox``, in the family).
+    """
     parser = argparse.ArgumentParser(
-        prog="notifier-outbox",
+        prog=prog,
         description="The transactional outbox: messages committed with the data.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
@@ -54,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             create_table(arguments.url)
         except ConfigurationError as exc:
-            parser.exit(2, f"notifier-outbox: {exc}\n")
+            parser.exit(2, f"{prog}: {exc}\n")
         print(f"{TABLE}: ready in {sa.make_url(arguments.url).render_as_string()}")
         return 0
     engine = engine_for(arguments.url)
     if not table_exists(engine):
-        parser.exit(2, f"notifier-outbox: no {TABLE} table there: run notifier-outbox create\n")
+        parser.exit(2, f"{prog}: no {TABLE} table there: run {prog} create\n")
     if arguments.command == "status":
         outbox = Outbox(engine, _refuse)
         count, oldest = outbox.waiting()

@@ -16,12 +16,15 @@ from notifier.wire.version import version
 __all__ = ["main"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``notifier-spool``: look into a spool directory, and publish what dead processes left."""
+def main(argv: list[str] | None = None, *, prog: str = "notifier-spool") -> int:
+    """``notifier-spool``: look into a spool directory, and publish what dead processes left.
+
+    ``prog``: the name the command goes by in its messages (``notifier spool``, in the family).
+    """
     from notifier.publisher import CeleryPublisher
 
     parser = argparse.ArgumentParser(
-        prog="notifier-spool", description="Messages the broker did not take, kept on disk."
+        prog=prog, description="Messages the broker did not take, kept on disk."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     directory = Path(arguments.directory)
     if not directory.is_dir():
-        parser.exit(2, f"notifier-spool: {directory} is not a directory\n")
+        parser.exit(2, f"{prog}: {directory} is not a directory\n")
     if arguments.command == "list":
         paths = sorted(directory.glob("spool-*.sqlite3"))
         for path in paths:
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print(
-        f"notifier-spool: publishing to {maybe_sanitize_url(arguments.broker_url)}",
+        f"{prog}: publishing to {maybe_sanitize_url(arguments.broker_url)}",
         file=sys.stderr,
     )
     publisher = CeleryPublisher(arguments.broker_url, arguments.timeout)

@@ -237,9 +237,9 @@ def purge_letters(args: argparse.Namespace, store: DeadLetters) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog,
         description="List, show, replay and purge the dead letters of notifier's workers: "
         "messages a listener failed on for good, and malformed messages.",
         epilog="Configured as a worker is: CELERY_CONFIG_MODULE, CELERY_BROKER_URL, "
@@ -307,10 +307,11 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command ``argv`` (default: the command line); return the exit status."""
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    """Run the command ``argv`` (default: the command line); return the exit status.
+    ``prog``: the name its usage goes by (``notifier dead-letters``, in the family)."""
     try:
-        args = _parser().parse_args(argv)
+        args = _parser(prog).parse_args(argv)
         if hasattr(args, "check"):
             args.check(args)
     except SystemExit as exc:  # argparse's way to end: --help (0), or a bad command line (2)
