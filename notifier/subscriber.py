@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import uuid4
@@ -92,6 +93,9 @@ class Subscriber:
                 _positions(event, environ, len(impacted_records)),
                 request_id=_request_id(environ),
                 event_id=event_id,
+                # The commit's time, for the worker's lag: this runs just after it (or, with an
+                # outbox and in Kinto's before-commit forwarder, just before it).
+                committed_at=time.time(),
             )
         except Exception:
             # The boundary that must not fail: log with the event's identity, never raise.

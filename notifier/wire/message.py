@@ -14,8 +14,13 @@ A message, schema version 1::
       "payload": {...},               # Cliquet's payload, unchanged
       "impacted_records": [{"new": {...}, "old": {...}}, ...],
       "positions": [0, 3],            # each record's place in the request's chronological order
-      "part": 0, "parts": 1           # an event too large for one message comes in parts
+      "part": 0, "parts": 1,          # an event too large for one message comes in parts
+      "committed_at": 1764630000.25   # optional: when the web side built it, unix seconds
     }
+
+``committed_at`` is written by the web side as it builds the message, just after the commit
+(with an outbox, or Kinto's before-commit listeners, just before it); the worker measures the
+lag to each listener from it. Messages written before it existed have none (``None``).
 
 An event whose records would make a message larger than a bound is split (:func:`split`) into
 parts that share its ``event_id`` and payload, each with some of its records, in order.
@@ -56,6 +61,8 @@ class Message:
     part: int = 0
     parts: int = 1
     version: int = SCHEMA_VERSION
+    #: When the web side built the message (unix seconds), if it said.
+    committed_at: float | None = None
 
     @property
     def task_id(self) -> str:
@@ -64,7 +71,7 @@ class Message:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready form sent as the dispatch task's only argument."""
-        return {
+        data = {
             "version": self.version,
             "event_id": self.event_id,
             "request_id": self.request_id,
@@ -76,6 +83,9 @@ class Message:
             "part": self.part,
             "parts": self.parts,
         }
+        if self.committed_at is not None:
+            data["committed_at"] = self.committed_at
+        return data
 
 
 def encode(
@@ -84,6 +94,7 @@ def encode(
     positions: Sequence[int],
     request_id: str,
     event_id: str | None = None,
+    committed_at: float | None = None,
 ) -> Message:
     """Build the message of one event; ``event_id`` defaults to a new unique id."""
     return Message(
@@ -94,6 +105,7 @@ def encode(
         payload=dict(payload),
         impacted_records=[dict(record) for record in impacted_records],
         positions=list(positions),
+        committed_at=committed_at,
     )
 
 
@@ -151,6 +163,10 @@ def decode(data: object) -> Message:
     for key in ("event_id", "request_id"):
         if not isinstance(data[key], str) or not data[key]:
             raise MalformedMessage(f"{key} is not a non-empty string")
+    # Only a measure: a message whose committed_at is no number is still delivered, without it.
+    committed_at = data.get("committed_at")
+    if isinstance(committed_at, bool) or not isinstance(committed_at, int | float):
+        committed_at = None
     return Message(
         event_id=data["event_id"],
         request_id=data["request_id"],
@@ -161,6 +177,7 @@ def decode(data: object) -> Message:
         positions=positions,
         part=part,
         parts=parts,
+        committed_at=float(committed_at) if committed_at is not None else None,
     )
 
 

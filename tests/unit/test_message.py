@@ -104,6 +104,21 @@ def test_the_wire_form_names_every_field():
     assert (data["part"], data["parts"]) == (0, 1)
 
 
+def test_a_commit_time_travels_with_the_message_when_it_is_set():
+    message = encode(PAYLOAD, IMPACTED, [0], request_id="req-1", committed_at=1700000000.5)
+
+    assert message.as_dict()["committed_at"] == 1700000000.5
+    assert decode(over_the_wire(message)).committed_at == 1700000000.5
+
+
+def test_a_message_without_a_commit_time_reads_as_none():
+    assert decode(valid_message()).committed_at is None
+
+
+def test_a_commit_time_that_is_no_number_is_dropped_not_the_message():
+    assert decode(valid_message(committed_at="yesterday")).committed_at is None
+
+
 def test_kintos_name_impacted_objects_is_accepted():
     data = valid_message()
     data["impacted_objects"] = data.pop("impacted_records")
@@ -270,6 +285,8 @@ def test_every_kinto_event_reaches_a_listener_as_it_was_emitted(kinto_event, lis
 
     # Worker side: decode, then a registered listener's task, run as a worker runs it.
     assert decode(data) == message
+    assert isinstance(message.committed_at, float)
+    assert decode(data).committed_at == message.committed_at
     task, received = listener_task
     task.run(data)
 
