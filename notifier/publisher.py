@@ -7,11 +7,14 @@ writes is what Celery's own ``send_task`` writes (:mod:`notifier.wire.protocol`)
 
 from __future__ import annotations
 
+import time
+
 import redis
 from celery import Celery
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from notifier.metrics import WebMetrics, web_metrics
 from notifier.wire.message import DISPATCH_TASK, Message
 from notifier.wire.protocol import direct_redis_url, published, task_message
 
@@ -31,10 +34,15 @@ class CeleryPublisher:
 
     Every broker operation is bounded by ``timeout`` seconds (connect and socket), and nothing is
     retried, so a write request never waits long for an absent or hung broker.
+
+    Each publish is counted and timed in ``metrics`` (default: the process's,
+    :func:`~notifier.metrics.web_metrics`), whoever asked for it: a request, the spool, the
+    outbox.
     """
 
-    def __init__(self, broker_url: str, timeout: float) -> None:
+    def __init__(self, broker_url: str, timeout: float, metrics: WebMetrics | None = None) -> None:
         self.broker_url = broker_url
+        self.metrics = metrics if metrics is not None else web_metrics()
         self.client: redis.Redis | None = None
         direct = direct_redis_url(broker_url)
         try:
@@ -71,6 +79,15 @@ class CeleryPublisher:
 
     def publish(self, message: Message, queue: str) -> None:
         """Send ``message`` to ``queue``; raise whatever the broker (or JSON) raised."""
+        started = time.perf_counter()
+        try:
+            self._publish(message, queue)
+        except Exception as exc:
+            self.metrics.publish_failed(queue, exc, time.perf_counter() - started)
+            raise
+        self.metrics.published(queue, time.perf_counter() - started)
+
+    def _publish(self, message: Message, queue: str) -> None:
         if self.client is not None:
             task = task_message(DISPATCH_TASK, message.task_id, [message.as_dict()], queue)
             self.client.lpush(queue, task)

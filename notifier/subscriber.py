@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from uuid import uuid4
 
 from notifier.events import impacted_records_of
+from notifier.metrics import WebMetrics, web_metrics
 from notifier.request import gave_up, give_up, shared_environ
 from notifier.settings import NotifierSettings
 from notifier.spool import Spool
@@ -51,6 +52,10 @@ class Subscriber:
     With an outbox, :meth:`prepare` runs inside the transaction, whose commit then carries the
     messages (:meth:`write_to_outbox`); after it, :meth:`publish` hands them to the outbox's
     thread, which publishes them: the request never waits for the broker.
+
+    What it spools or loses is counted in ``metrics`` (default: the process's); from the
+    first request it publishes for, the metrics service of that request's registry (Kinto's)
+    is told the counts too.
     """
 
     def __init__(
@@ -59,11 +64,14 @@ class Subscriber:
         publisher: Publisher,
         spool: Spool | None = None,
         outbox: Outbox | None = None,
+        metrics: WebMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.spool = spool
         self.outbox = outbox
+        self.metrics = metrics if metrics is not None else web_metrics()
+        self._reporting = False  # to the metrics service of the requests' registry
 
     def __call__(self, event: Any) -> None:
         self.publish(self.prepare(event), event.request)
@@ -120,6 +128,9 @@ class Subscriber:
     def publish(self, outgoing: list[Outgoing], request: Any) -> None:
         """Publish ``outgoing``, in order; what the broker does not take waits in the spool
         (with an outbox: in the table)."""
+        if not self._reporting and request is not None:
+            self._reporting = True
+            self.metrics.report_to(getattr(request, "registry", None))
         if self.outbox is not None:
             self.outbox.submit([(item.message, item.queue) for item in outgoing])
             return
@@ -158,6 +169,7 @@ class Subscriber:
         why = f" ({cause(failure)})" if failure is not None else ""
         unexpected = failure if failure is not None and not broker_trouble(failure) else None
         if self.spool is None:
+            self.metrics.lost(queue)
             logger.error(
                 "could not publish %s%s: lost, no spool",
                 identity,
@@ -169,6 +181,7 @@ class Subscriber:
         try:
             self.spool.write(message, queue)
         except Exception:
+            self.metrics.lost(queue)
             logger.exception(
                 "could not publish %s%s, nor keep it in the spool: lost",
                 identity,
@@ -176,6 +189,7 @@ class Subscriber:
                 extra=fields,
             )
         else:
+            self.metrics.spooled(queue)
             logger.warning(
                 "could not publish %s%s: kept in the spool, to publish later",
                 identity,

@@ -62,6 +62,8 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
         # How long, in seconds, a dispatch run waits for the next message once its queue is
         # empty, before it ends (tasks/dispatch/run.py). 0: it ends at once.
         "notifier_dispatch_linger": environ.get("NOTIFIER_DISPATCH_LINGER", "0.02"),
+        # The port the worker serves its metrics on (tasks/metrics/endpoint.py); None: none.
+        "notifier_metrics_port": environ.get("NOTIFIER_METRICS_PORT"),
         # None: the broker's Redis (tasks.settings reads the broker URL the worker ends with).
         "notifier_dead_letters_url": environ.get("NOTIFIER_DEAD_LETTERS_URL"),
         "notifier_order_url": environ.get("NOTIFIER_ORDER_URL"),

@@ -58,6 +58,8 @@ class WorkerSettings:
     inline_budget: float = INLINE_BUDGET
     #: How long a dispatch run waits for the next message once its queue is empty, in seconds.
     linger: float = LINGER
+    #: The port the worker serves its metrics on (docs/metrics.md); None: no metrics.
+    metrics_port: int | None = None
 
 
 def configure(app: Celery, registry: Registry) -> WorkerSettings:
@@ -95,6 +97,8 @@ def configure(app: Celery, registry: Registry) -> WorkerSettings:
         "NOTIFIER_DISPATCH_LINGER", conf.get("notifier_dispatch_linger", LINGER), 1
     )
     conf.notifier_dispatch_linger = linger
+    metrics_port = _check_port("NOTIFIER_METRICS_PORT", conf.get("notifier_metrics_port"))
+    conf.notifier_metrics_port = metrics_port
     conf.broker_transport_options = {
         "unacked_restore_interval": max(1, timeout // 10),
         "unacked_restore_throttle": 1,
@@ -115,6 +119,7 @@ def configure(app: Celery, registry: Registry) -> WorkerSettings:
         only_dispatches,
         budget,
         linger,
+        metrics_port,
     )
     app.notifier_settings = settings  # type: ignore[attr-defined]
     return settings
@@ -242,3 +247,18 @@ def _check_seconds(name: str, value: Any, most: float) -> float:
     if isinstance(value, bool) or not 0 <= seconds <= most:
         raise ConfigurationError(name, value, allowed)
     return seconds
+
+
+def _check_port(name: str, value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    allowed = "a TCP port number from 1 to 65535, or unset (no metrics endpoint)"
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
+        port = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        port = value
+    else:
+        raise ConfigurationError(name, value, allowed)
+    if not 1 <= port <= 65535:
+        raise ConfigurationError(name, value, allowed)
+    return port

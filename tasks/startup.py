@@ -7,6 +7,8 @@
   ordered listeners' versions (:mod:`notifier.wire.persistence`: a WARNING, never a failure).
 - It announces its listeners to the fleet, and compares them with the other workers'
   (:mod:`tasks.fleet`), from a consumer step.
+- With ``NOTIFIER_METRICS_PORT`` set, it serves its metrics over HTTP from its main process
+  once its pool started (:mod:`tasks.metrics.endpoint`); a port it cannot listen on stops it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
-from celery import signals
+from celery import bootsteps, signals
 from celery.platforms import EX_FAILURE
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -29,10 +31,11 @@ from notifier.wire.protocol import direct_redis_url
 from tasks.announcing import AnnounceListeners
 from tasks.app import app, registry
 from tasks.listeners.registry import Registry
+from tasks.metrics import StoreCollector, mark_dead, serve
 from tasks.settings import configured
-from tasks.wiring import wire
+from tasks.wiring import wire, wired
 
-__all__ = ["check_listeners", "check_redis_persistence"]
+__all__ = ["ServeMetrics", "check_listeners", "check_redis_persistence"]
 
 logger = logging.getLogger("notifier")
 
@@ -120,5 +123,44 @@ def _check_at_start(instance: Any, **kwargs: Any) -> None:
     check_redis_persistence(app.conf, registry)
 
 
+class ServeMetrics(bootsteps.StartStopStep):
+    """A worker step that serves the worker's metrics on ``NOTIFIER_METRICS_PORT``, from its
+    main process, once its pool started; a port it cannot listen on stops the worker."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def include_if(self, worker: Any) -> bool:
+        settings = getattr(app, "notifier_settings", None)
+        return worker.app is app and getattr(settings, "metrics_port", None) is not None
+
+    def start(self, worker: Any) -> None:
+        port = configured(app).metrics_port
+        assert port is not None
+        built = wired(app)
+        try:
+            serve(port, StoreCollector(built.dead_letters, lambda: _queues(app), app))
+        except OSError as exc:
+            raise ConfigurationError(
+                "NOTIFIER_METRICS_PORT", port, f"a port this worker can listen on ({exc})"
+            ) from None
+        logger.info("worker %s serves its metrics on port %d", worker.hostname, port)
+
+
+def _queues(app: Any) -> list[str]:
+    # The queues the worker consumes: those chosen (-Q, its listeners'), else all it knows.
+    queues = app.amqp.queues
+    return sorted(queues.consume_from or queues)
+
+
+@signals.worker_process_shutdown.connect
+def _forget_pool_process(pid: int | None = None, **kwargs: Any) -> None:
+    # Sent in each pool process as it exits: its counts stay in its files, which it lets go of.
+    settings = getattr(app, "notifier_settings", None)
+    if pid is not None and getattr(settings, "metrics_port", None) is not None:
+        mark_dead(pid)
+
+
 # Workers announce their listeners to the fleet, and compare them with the others'.
 app.steps["consumer"].add(AnnounceListeners)
+# And serve their metrics, when asked to.
+app.steps["worker"].add(ServeMetrics)

@@ -14,6 +14,9 @@ guard's Redis URLs, the visibility timeout), before the pool forks. It builds:
 - the coverage (:class:`~tasks.dispatch.coverage.Coverage`) of the listeners other workers know;
 - the pace of the listeners (:class:`~tasks.dispatch.pace.Pace`), which says which ones are
   fast enough to run in dispatch;
+- the metrics (:class:`~tasks.metrics.WorkerMetrics`), when the worker serves them
+  (``NOTIFIER_METRICS_PORT``): in prometheus-client's multiprocess directory, set now, before
+  the pool forks;
 - the run wrappers of the registry (:mod:`tasks.listeners.runs`): the pace, which times each
   run, the bound on deliveries (:class:`~tasks.dispatch.bound.DeliveryBound`), then the order
   of ordered listeners (:class:`~tasks.listeners.ordered_runs.OrderedRuns`).
@@ -45,6 +48,7 @@ from tasks.listeners.ordered import OrderGuard
 from tasks.listeners.ordered_runs import OrderedRuns
 from tasks.listeners.registry import Registry
 from tasks.listeners.runs import NotWired, RunWrapper
+from tasks.metrics import WorkerMetrics, use_multiprocess_dir
 from tasks.settings import configured
 
 __all__ = [
@@ -76,6 +80,8 @@ class Collaborators:
     wrappers: tuple[RunWrapper, ...]
     #: How long a dispatch run waits for the next message once its queue is empty.
     linger: float = 0.0
+    #: What the worker counts (None: it serves no metrics).
+    metrics: WorkerMetrics | None = None
 
     @property
     def pace(self) -> Pace:
@@ -93,6 +99,10 @@ def wire(app: Celery, registry: Registry) -> Collaborators:
     dead_letters = DeadLetters.from_url(settings.dead_letters_url)
     # A dead worker's claims lapse about when its messages are handed out again.
     order_guard = OrderGuard.from_url(settings.order_url, lease=settings.visibility_timeout)
+    metrics = None
+    if settings.metrics_port is not None:
+        use_multiprocess_dir()  # before any value is counted, and before the pool forks
+        metrics = WorkerMetrics()
     built = collaborators(
         registry,
         dead_letters,
@@ -101,6 +111,7 @@ def wire(app: Celery, registry: Registry) -> Collaborators:
         only_dispatches=settings.dispatch_only,
         inline_budget=settings.inline_budget,
         linger=settings.linger,
+        metrics=metrics,
     )
     bind(app, built)
     return built
@@ -116,11 +127,12 @@ def collaborators(
     only_dispatches: bool = False,
     inline_budget: float = INLINE_BUDGET,
     linger: float = 0.0,
+    metrics: WorkerMetrics | None = None,
 ) -> Collaborators:
     """The collaborators of a worker of ``registry``, around these stores: what :func:`wire`
     builds from the settings. ``inline_budget``: the pace's budget; ``linger``: the dispatch
     runs'. ``fleet``: the live workers' records (default: beside the dead letters, where
-    workers announce them)."""
+    workers announce them). ``metrics``: what the worker counts, if anything."""
     bound = DeliveryBound(registry, dead_letters)
     coverage = Coverage(
         fleet or Fleet(dead_letters.client),
@@ -131,7 +143,16 @@ def collaborators(
     pace = Pace(inline_budget)
     wrappers = (pace, bound, OrderedRuns(order_guard, on_defer=bound.forget))
     return Collaborators(
-        registry, dead_letters, order_guard, taker, coverage, bound, Inline(pace), wrappers, linger
+        registry,
+        dead_letters,
+        order_guard,
+        taker,
+        coverage,
+        bound,
+        Inline(pace),
+        wrappers,
+        linger,
+        metrics,
     )
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from notifier.errors import OutboxError
+from notifier.metrics import WebMetrics, web_metrics
 from notifier.outbox.deleting import DELETE_EVERY, Published
 from notifier.outbox.locking import transaction
 from notifier.outbox.table import ANY_DUE, CLAIM, DELETE, EXISTING, TABLE, WAITING, dialect_of
@@ -61,8 +62,10 @@ class Outbox:
         relay_others: bool = True,
         retry: float = 1.0,
         batch: int = 100,
+        metrics: WebMetrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics if metrics is not None else web_metrics()
         self.dialect = dialect_of(engine, "outbox_url", engine.url.render_as_string())
         self.publish = publish
         self.session_of = session_of
@@ -113,6 +116,7 @@ class Outbox:
             else:  # the broker is far behind: the relay takes them from the table, in order
                 self._failed.update(dict.fromkeys(message.task_id for message, _ in outgoing))
             self._wake.set()
+            self.metrics.outbox_holds(len(self._pending) + len(self._failed))
         self._ensure_thread()
 
     def publish_pending(self) -> int:
@@ -282,6 +286,7 @@ class Outbox:
                     held = self._relay_due(self._cutoff())
                     if held:
                         logger.warning("outbox: published %d messages it held", held)
+                self.metrics.outbox_holds(len(self._pending) + len(self._failed))
                 if trouble:
                     logger.warning("outbox: the database answers again")
                     trouble = False

@@ -50,11 +50,14 @@ def dead_letter_failure(
     args: Any,
     kwargs: Any,
     einfo: Any,
-) -> None:
+) -> dict[str | None, bool]:
     """Dead-letter the message of ``task``, which failed for good with ``exception``, when it
-    is a listener's task of ``registry`` or the dispatch task (see the module's doc)."""
+    is a listener's task of ``registry`` or the dispatch task (see the module's doc). Return
+    whether it was kept, for each listener it failed for (None: for no listener in
+    particular)."""
+    kept: dict[str | None, bool] = {}
     if isinstance(exception, KeptAsDeadLetter):
-        return  # kept already, by the run that raised it
+        return kept  # kept already, by the run that raised it
     name = getattr(task, "name", None)
     failed: list[str | None]
     if name == DISPATCH_TASK:
@@ -64,7 +67,7 @@ def dead_letter_failure(
     else:
         failed = [listener.name for listener in registry if listener.task.name == name]
     if not failed:
-        return
+        return kept
     # The message as it came, or the arguments it came with when they are not one message.
     message = args[0] if args and len(args) == 1 else {"args": args, "kwargs": kwargs}
     # The task's request is still the failed run's: its retries are the attempts before it.
@@ -87,7 +90,9 @@ def dead_letter_failure(
                 json.dumps(message, default=repr),
                 exc_info=True,
             )
+            kept[listener_name] = False
             continue
+        kept[listener_name] = True
         fields = log_fields(_event_id(message), listener_name, queue_of(task))
         logger.error(
             "%s failed for good: kept as dead letter %s",
@@ -95,6 +100,7 @@ def dead_letter_failure(
             letter.id,
             extra=fields,
         )
+    return kept
 
 
 def dead_letter_unreadable(

@@ -40,6 +40,7 @@ from tasks.dispatch.pace import Pace
 from tasks.dispatch.retries import DISPATCH_RETRIES, dispatch_countdown
 from tasks.dispatch.task_events import TaskEvents, events_of
 from tasks.listeners.registry import Listener, Registry
+from tasks.metrics import WorkerMetrics
 
 __all__ = ["LINGER", "TAKE_AT_MOST", "TAKE_BYTES", "TAKE_FOR", "TAKE_POLL", "DispatchRun"]
 
@@ -71,7 +72,8 @@ class DispatchRun:
     workers; ``inline`` (the worker's; default: one of its own) says which listeners run here;
     ``dispatch`` (the dispatch task; default: the one of ``registry``'s app) is sent again for
     the listeners a taken message missed; ``hostname`` names the worker in the runs' requests;
-    ``clock`` times the taking. The dispatch task gives the collaborators
+    ``metrics`` (the worker's, when it serves them) counts the messages handled; ``clock`` times
+    the taking. The dispatch task gives the collaborators
     :func:`tasks.wiring.wire` built.
     """
 
@@ -87,6 +89,7 @@ class DispatchRun:
         dispatch: Task[Any, Any] | None = None,
         hostname: str | None = None,
         linger: float = 0.0,
+        metrics: WorkerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -108,6 +111,7 @@ class DispatchRun:
         self.round_sends = RoundSends(taker) if taker is not None else None
         self.clock = clock
         self.linger = linger
+        self.metrics = metrics
         self.sleep = sleep
         self.taken: list[Delivery] = []  # taken, not acknowledged yet
         self.events = events_of(registry.app)
@@ -129,6 +133,8 @@ class DispatchRun:
             )
             delivery.dead_letter = letter.id
             return []
+        if only is None and self.metrics is not None:  # not a retry for some listeners
+            self.metrics.received(self.queue)
         wanted = self.registry.matching(message, only)
         # Listeners that other live workers know and this one lacks get it too; a retry for
         # some of this worker's listeners did that already.

@@ -63,6 +63,7 @@ def dispatch(self: Task[Any, Any], message: Any, only: list[str] | None = None) 
         dispatch=self,
         hostname=self.request.hostname,
         linger=built.linger,
+        metrics=built.metrics,
     )
     try:
         sent = run.handle(own)
