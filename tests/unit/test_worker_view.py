@@ -5,6 +5,7 @@ fast paths send."""
 from __future__ import annotations
 
 import os
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,7 +16,7 @@ from celery.exceptions import Reject, Retry
 
 from tasks.broker import worker_view
 from tasks.broker.tracing import Traced
-from tasks.broker.worker_view import View, WorkerView, main_view
+from tasks.broker.worker_view import MAX_REVOKED, Revoked, View, WorkerView, main_view
 from tasks.dispatch.task_events import TaskEvents
 
 
@@ -39,16 +40,65 @@ def test_a_view_is_written_again_only_when_it_changed():
     assert shared._generation == generation
 
 
-def test_too_many_revoked_ids_keep_some_and_say_so(caplog):
+def test_of_many_revoked_ids_the_fast_paths_see_the_newest_and_the_log_says_so(caplog):
+    revoked = [f"{number:032x}:listener" for number in range(3000)]  # oldest first, as Celery's
+
+    seen = Revoked().newest(revoked)
     shared = WorkerView()
-    revoked = frozenset(f"{number:032x}:listener" for number in range(3000))
+    shared.write(View(revoked=seen))
 
-    shared.write(View(revoked=revoked))
+    assert shared.view().revoked == set(revoked[-MAX_REVOKED:])
+    assert f"3000 ids revoked: the fast paths see the newest {MAX_REVOKED}" in caplog.text
 
-    seen = shared.view().revoked
-    assert 0 < len(seen) < len(revoked)
-    assert seen <= revoked
-    assert "3000 ids revoked: too many for the fast paths to see them all" in caplog.text
+
+def test_a_pool_process_never_reads_half_of_a_view_being_written():
+    shared = WorkerView()
+    shared.write(View(events=True, rate_limited=frozenset({"limited"})))
+    shared.view()  # what a read that finds the view being written keeps
+    reader = os.fork()
+    if reader == 0:  # the pool process: reads while the main process writes
+        bad = 0
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            shared._read_generation = -1  # read it whole each time, not from the cache
+            if shared.view().rate_limited != {"limited"}:
+                bad += 1
+        os._exit(min(bad, 1))
+    for number in range(20_000):
+        shared.write(View(events=number % 2 == 0, rate_limited=frozenset({"limited"})))
+    _, status = os.waitpid(reader, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_main_process_sees_the_run_of_a_forked_pool_process(monkeypatch):
+    shared = WorkerView()
+    monkeypatch.setattr(worker_view, "current_process", lambda: SimpleNamespace(index=0))
+    ready, done = os.pipe(), os.pipe()
+    child = os.fork()
+    if child == 0:
+        with shared.running({"id": "e1:slow", "name": "slow"}):
+            os.write(ready[1], b"x")
+            os.read(done[0], 1)
+        os._exit(0)
+    os.read(ready[0], 1)
+    running = shared.run_of(child)
+    os.write(done[1], b"x")
+    os.waitpid(child, 0)
+
+    assert running == {"id": "e1:slow", "name": "slow"}
+    assert shared.run_of(child) is None
+
+
+def test_a_pool_process_clears_the_run_a_killed_one_left_in_its_slot(monkeypatch):
+    shared = WorkerView()
+    monkeypatch.setattr(worker_view, "current_process", lambda: SimpleNamespace(index=2))
+    left = shared.running({"id": "e1:slow"})
+    left.__enter__()  # killed in the run: never left it
+
+    shared.forget_runs()
+
+    assert shared.run_of(os.getpid()) is None
 
 
 def test_the_main_process_sees_what_a_pool_process_runs_until_it_ends(monkeypatch):
@@ -90,9 +140,8 @@ def test_task_events_are_on_when_the_main_process_sends_them(enabled, groups, ev
 
 
 def test_the_rate_limited_tasks_are_those_with_a_limit_now():
-    view = main_view(
-        consumer(enabled=False, groups=set(), rate_limits={"limited": "1/m", "free": None})
-    )
+    limits = {"limited": "1/m", "free": None, "reset": "0", "reset_per_second": "0/s"}
+    view = main_view(consumer(enabled=False, groups=set(), rate_limits=limits))
 
     assert view.rate_limited == {"limited"}
 
