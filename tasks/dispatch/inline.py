@@ -126,13 +126,15 @@ class Inline:
         result = Plan()
         rate_limited = shared.view().rate_limited
         for listener in listeners:
-            if not self.may_run(listener) or listener.task.name in rate_limited:
+            if not self.may_run(listener):
                 result.sent.append(listener)
             elif again:
                 # One the pace sent a task of its own had its first attempt there.
                 ran_here = only is None and not self.pace.slow(listener.name)
                 (result.handed_over if ran_here else result.sent).append(listener)
-            elif self.pace.fits(listener.name):
+            elif self.pace.fits(listener.name) and listener.task.name not in rate_limited:
+                # A listener rate-limited by `celery control rate_limit` gets its own task,
+                # which the worker's buckets hold back.
                 result.here.append(listener)
             else:
                 result.sent.append(listener)
@@ -189,7 +191,7 @@ def run_here(
         if task_id in view.revoked:
             _revoked(events, listener, message, task_id)
             continue
-        events_on = events.on
+        events_on = events.on and listener.task.send_events
         if events_on:
             events.received(
                 task_id,

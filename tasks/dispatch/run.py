@@ -114,6 +114,8 @@ class DispatchRun:
         self.metrics = metrics
         self.sleep = sleep
         self.taken: list[Delivery] = []  # taken, not acknowledged yet
+        # The taken messages whose task events are on: what ran, and how long it took.
+        self._ending: list[tuple[Delivery, list[str], float]] = []
         self.events = events_of(registry.app)
         self.started = clock()
 
@@ -279,7 +281,8 @@ class DispatchRun:
         )
         started = time.perf_counter()
         ran = self.handle(delivery)
-        events.ended(task_id, _outcome(delivery, ran, time.perf_counter() - started))
+        # Its end is told once the round settled it: acknowledged, sent again, or kept.
+        self._ending.append((delivery, ran, time.perf_counter() - started))
 
     def finish(self) -> None:
         """Send the batches not full yet, and acknowledge what is handled."""
@@ -291,6 +294,7 @@ class DispatchRun:
         sweep hands them out again after the visibility timeout."""
         if self.round_sends is not None:
             self.round_sends.forget()
+        self._ending = []  # handed out again: their next run tells how they end
         if self.taker is not None and self.taken:
             self.taker.release(delivery.tag for delivery in self.taken if delivery.tag)
             logger.warning(
@@ -315,6 +319,8 @@ class DispatchRun:
                 # after the visibility timeout, whole.
                 self.taker.release([delivery.tag])
         self.taken = left
+        if self._ending:
+            self._tell_ends(left)
         if done and self.taker is not None:
             try:
                 self.taker.ack(delivery.tag for delivery in done if delivery.tag)
@@ -322,6 +328,15 @@ class DispatchRun:
                 # Handled, yet handed out again after the visibility timeout: at least once.
                 logger.warning("could not acknowledge %d messages taken", len(done), exc_info=True)
                 self.taker.release(delivery.tag for delivery in done if delivery.tag)
+
+    def _tell_ends(self, left: list[Delivery]) -> None:
+        # The end event of each taken message this round settled, as its own dispatch task's.
+        ending, self._ending = self._ending, []
+        for delivery, ran, runtime in ending:
+            if any(delivery is other for other in left):
+                self._ending.append((delivery, ran, runtime))  # a batch still holds it
+            else:
+                self.events.ended(delivery.task_id or "", _outcome(delivery, ran, runtime))
 
     def _send_again(self, delivery: Delivery) -> bool:
         # What the dispatch task's retry does for a message it took: ``only`` the listeners
@@ -378,7 +393,10 @@ def _outcome(delivery: Delivery, ran: list[str], runtime: float) -> Traced:
         reason = f"a malformed message, kept as dead letter {delivery.dead_letter}"
         return Traced(states.FAILURE, KeptAsDeadLetter(reason, requeue=False), runtime=runtime)
     if delivery.not_sent:
-        return Traced(states.RETRY, ListenersNotSent(delivery.not_sent), runtime=runtime)
+        missed = ListenersNotSent(delivery.not_sent)
+        # After its last retry, they went to the dead letters: it failed for good.
+        state = states.FAILURE if delivery.retries >= DISPATCH_RETRIES else states.RETRY
+        return Traced(state, missed, runtime=runtime)
     return Traced(states.SUCCESS, retval=ran, runtime=runtime)
 
 

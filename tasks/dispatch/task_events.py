@@ -22,15 +22,20 @@ import os
 import traceback
 from typing import Any
 
+import redis
 from celery import Celery, current_task, states
 from celery.utils.saferepr import saferepr
+from kombu.exceptions import KombuError
 
 from tasks.broker.tracing import Traced
 from tasks.broker.worker_view import WorkerView, shared
 
-__all__ = ["TaskEvents", "events_of"]
+__all__ = ["SEND_ERRORS", "TaskEvents", "events_of"]
 
 logger = logging.getLogger("notifier")
+
+#: What the broker raises when it does not take an event.
+SEND_ERRORS = (KombuError, redis.RedisError, OSError)
 
 
 class TaskEvents:
@@ -42,6 +47,7 @@ class TaskEvents:
         self.view = view
         self._dispatcher: Any = None
         self._pid = 0
+        self._failing = False  # the last event was not sent
 
     @property
     def on(self) -> bool:
@@ -53,9 +59,24 @@ class TaskEvents:
         try:
             dispatcher = self._dispatcher_for()
             dispatcher.send(type_, **fields)
-        except Exception as exc:  # the broker away: watching is not delivery
-            logger.warning("task event %s not sent: %s", type_, exc)
-            self._dispatcher = None
+        except SEND_ERRORS as exc:  # the broker away: watching is not delivery
+            if not self._failing:
+                logger.warning("task events not sent (the first: %s): %s", type_, exc)
+            self._failing = True
+            self._drop_dispatcher()
+        else:
+            if self._failing:
+                logger.warning("task events are sent again")
+            self._failing = False
+
+    def _drop_dispatcher(self) -> None:
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            try:
+                dispatcher.close()
+                dispatcher.connection.release()
+            except SEND_ERRORS:
+                pass  # a connection already gone
 
     def received(
         self,
@@ -123,7 +144,8 @@ class TaskEvents:
         root_id: str | None,
         retries: int = 0,
     ) -> None:
-        """``task-sent``, as Celery's ``send_task`` sends it with ``task_send_sent_event``."""
+        """``task-sent``, as Celery's ``send_task`` sends it with ``task_send_sent_event`` (with
+        task events on or not)."""
         if not self.app.conf.task_send_sent_event:
             return
         self.send(

@@ -191,9 +191,17 @@ def test_a_rate_limit_set_by_control_holds_back_a_lone_listener(
     assert client.llen("watched:limited") == 1  # one run every 3 s
     wait_until(lambda: client.llen("watched:limited") == 3, 15, "the runs held back")
 
+    # "0" lifts the limit, as for any Celery task: dispatch runs the listener again.
+    control.control.rate_limit("limited", "0", reply=True, timeout=2)
+    time.sleep(0.5)
+    [lifted] = publish(broker, event("limited", "lifted"))
+    wait_until(lambda: client.llen("watched:limited") == 4, 5, "the run once the limit is lifted")
+    last = client.lrange("watched:limited", -1, -1)[0].decode()
+    assert last.startswith(lifted)
+
 
 def test_a_listener_run_revoked_by_control_does_not_run(
-    broker: RedisServer, worker: CeleryWorker, control: Celery
+    broker: RedisServer, watched: Watched, control: Celery
 ) -> None:
     client = redis.Redis.from_url(broker.url)
     revoked, after = event("lone", "revoked"), event("lone", "after")
@@ -203,9 +211,37 @@ def test_a_listener_run_revoked_by_control_does_not_run(
     publish(broker, revoked, after)
 
     wait_until(
-        lambda: any(after.event_id.encode() in run for run in client.lrange("watched:lone", 0, -1)),
+        lambda: finished(watched, [revoked.event_id, after.event_id, f"{after.event_id}:lone"]),
         10,
-        "the next event's run",
+        "both events handled",
+    )
+    assert watched.task(f"{revoked.event_id}:lone").state == "REVOKED"
+    runs = client.lrange("watched:lone", 0, -1)
+    assert not any(revoked.event_id.encode() in run for run in runs)
+    assert any(after.event_id.encode() in run for run in runs)
+
+
+def test_a_dispatch_revoked_by_control_is_dropped_even_when_another_run_takes_it(
+    broker: RedisServer, watched: Watched, control: Celery
+) -> None:
+    client = redis.Redis.from_url(broker.url)
+    burst = [event("lone", f"burst{number}") for number in range(30)]
+    revoked = burst[15]  # behind others: a dispatch run already running takes it
+    control.control.revoke(revoked.event_id)
+    time.sleep(0.5)
+
+    publish(broker, *burst)
+
+    others = [message.event_id for message in burst if message is not revoked]
+    wait_until(
+        lambda: (
+            finished(watched, [f"{event_id}:lone" for event_id in others])
+            and (task := watched.task(revoked.event_id)) is not None
+            and task.state == "REVOKED"
+        ),
+        15,
+        "the burst handled",
     )
     runs = client.lrange("watched:lone", 0, -1)
     assert not any(revoked.event_id.encode() in run for run in runs)
+    assert watched.task(f"{revoked.event_id}:lone") is None
