@@ -7,13 +7,11 @@ count; the others read the source (every module of notifier/ and tasks/, lazy im
 
 import ast
 import importlib
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.fresh import run_python
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -201,23 +199,6 @@ def test_the_worker_side_imports_of_notifier_only_what_both_sides_share():
     ]
 
     assert found == []
-
-
-def run_python(code, **environ):
-    env = {**os.environ, **environ}
-    for name in ("CELERY_BROKER_URL", "NOTIFIER_ROUTES"):
-        env.pop(name, None)
-    completed = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def imported_packages(modules):

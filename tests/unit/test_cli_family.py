@@ -1,8 +1,6 @@
 """notifier: one command whose subcommands are the spool's, the outbox's and the dead letters'
 commands (unchanged, under their old names too), and status."""
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ import notifier.cli
 from notifier.cli import COMMANDS, main, resolve
 from notifier.spool import cli as spool_cli
 from notifier.wire.version import version
+from tests.support.fresh import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(sys.executable).parent
@@ -84,21 +83,6 @@ def test_a_missing_spool_directory_is_named_under_the_family_s_name(tmp_path, ca
 
     assert raised.value.code == 2
     assert capsys.readouterr().err == f"notifier spool: {tmp_path / 'none'} is not a directory\n"
-
-
-def run_python(code):
-    env = {key: value for key, value in os.environ.items() if key != "CELERY_BROKER_URL"}
-    completed = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def test_the_web_side_s_commands_import_nothing_of_the_worker_side(tmp_path):
