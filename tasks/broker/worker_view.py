@@ -61,8 +61,6 @@ REFRESH = 0.05
 _VIEW_BYTES = 1 << 17  # MAX_REVOKED ids of 100 bytes, the rate-limited tasks' names
 _SLOTS = 64
 _SLOT_BYTES = 1024
-#: The size of the view's header (:class:`_Header`).
-_HEADER_BYTES = 16
 
 
 class _Header(ctypes.Structure):
@@ -75,6 +73,9 @@ class _Header(ctypes.Structure):
         ("length", ctypes.c_uint32),
         ("checksum", ctypes.c_uint32),
     ]
+
+
+_HEADER_BYTES = ctypes.sizeof(_Header)
 
 
 #: The most revoked ids the fast paths see: the newest.

@@ -172,10 +172,9 @@ def _sent_events(message: Message, listeners: Sequence[Listener]) -> None:
     # ``task-sent`` of the tasks the taker wrote, as send_task sends it (kombu's path does).
     if not listeners:
         return
-    app = listeners[0].task.app
-    if not app.conf.task_send_sent_event:
+    events = events_of(listeners[0].task.app)
+    if not events.sends_sent:
         return
-    events = events_of(app)
     readable = argsrepr((message.as_dict(),))
     for listener in listeners:
         events.sent(

@@ -89,18 +89,7 @@ class TaskEvents:
         retries: int = 0,
     ) -> None:
         """``task-received`` and ``task-started``: a pool process of this one takes the task."""
-        self.send(
-            "task-received",
-            uuid=task_id,
-            name=name,
-            args=argsrepr,
-            kwargs="{}",
-            root_id=root_id,
-            parent_id=parent_id,
-            retries=retries,
-            eta=None,
-            expires=None,
-        )
+        self.send("task-received", **_task(task_id, name, argsrepr, parent_id, root_id, retries))
         self.send("task-started", uuid=task_id)  # the dispatcher adds its pid
 
     def ended(self, task_id: str, traced: Traced) -> None:
@@ -146,23 +135,20 @@ class TaskEvents:
     ) -> None:
         """``task-sent``, as Celery's ``send_task`` sends it with ``task_send_sent_event`` (with
         task events on or not)."""
-        if not self.app.conf.task_send_sent_event:
+        if not self.sends_sent:
             return
         self.send(
             "task-sent",
-            uuid=task_id,
-            root_id=root_id,
-            parent_id=parent_id,
-            name=name,
-            args=argsrepr,
-            kwargs="{}",
-            retries=retries,
-            eta=None,
-            expires=None,
+            **_task(task_id, name, argsrepr, parent_id, root_id, retries),
             queue=queue,
             exchange="",
             routing_key=queue,
         )
+
+    @property
+    def sends_sent(self) -> bool:
+        """Whether :meth:`sent` sends anything: Celery's ``task_send_sent_event``."""
+        return bool(self.app.conf.task_send_sent_event)
 
     def _dispatcher_for(self) -> Any:
         # One per process, made in it: a connection is never shared over a fork. Its events
@@ -175,6 +161,29 @@ class TaskEvents:
             )
             self._pid = os.getpid()
         return self._dispatcher
+
+
+def _task(
+    task_id: str,
+    name: str,
+    argsrepr: str,
+    parent_id: str | None,
+    root_id: str | None,
+    retries: int,
+) -> dict[str, Any]:
+    # The fields that task-received and task-sent give of the task, as Celery's do: no eta, no
+    # expiry, no keyword arguments.
+    return {
+        "uuid": task_id,
+        "name": name,
+        "args": argsrepr,
+        "kwargs": "{}",
+        "root_id": root_id,
+        "parent_id": parent_id,
+        "retries": retries,
+        "eta": None,
+        "expires": None,
+    }
 
 
 def _traceback(exception: BaseException | None) -> str:
