@@ -76,9 +76,7 @@ class DeliveryBound:
         limit = (getattr(task, "max_retries", None) or 0) + 1 + EXTRA_DELIVERIES
         if deliveries <= limit:
             return True
-        listener = next(
-            (entry.name for entry in self.registry if entry.task.name == task.name), task.name
-        )
+        listener = next((entry.name for entry in self.registry.of_task(task.name)), task.name)
         letter = self.dead_letters.add(
             f"delivered {deliveries} times without finishing: its worker died each time",
             message,
@@ -136,8 +134,7 @@ class DeliveryBound:
         request = getattr(task, "request", None)
         if not task_id or not (redelivered(request) or getattr(request, "retries", None)):
             return
-        name = getattr(task, "name", None)
-        if not any(listener.task.name == name for listener in self.registry):
+        if not self.registry.of_task(getattr(task, "name", None)):
             return
         try:
             self.dead_letters.forget_redeliveries(task_id)

@@ -65,7 +65,7 @@ def dead_letter_failure(
         # dispatch could not even take (wrong arguments, for one).
         failed = list(exception.listeners) if isinstance(exception, ListenersNotSent) else [None]
     else:
-        failed = [listener.name for listener in registry if listener.task.name == name]
+        failed = [listener.name for listener in registry.of_task(name)]
     if not failed:
         return kept
     # The message as it came, or the arguments it came with when they are not one message.

@@ -63,6 +63,7 @@ class Registry:
         self._wrappers = None if wrappers is None else tuple(wrappers)
         self._listeners: dict[str, Listener] = {}
         self._by_resource: dict[str, list[Listener]] = {}
+        self._by_task: dict[str, list[Listener]] = {}
 
     def wrap_runs(self, wrappers: Sequence[RunWrapper]) -> None:
         """Run every listener task through ``wrappers``, outermost first
@@ -91,6 +92,19 @@ class Registry:
             for listener in self._of_resource(message.resource_name)
             if (only is None or listener.name in only) and listener.wants(message)
         ]
+
+    def of_task(self, task_name: str | None) -> list[Listener]:
+        """The listeners whose Celery task is named ``task_name`` (none for any other task), in
+        the order they were registered: what Celery's signals about a task run name."""
+        if task_name is None:
+            return []
+        found = self._by_task.get(task_name)
+        if found is None:
+            found = [
+                listener for listener in self._listeners.values() if listener.task.name == task_name
+            ]
+            self._by_task[task_name] = found
+        return found
 
     def _of_resource(self, resource_name: str) -> list[Listener]:
         # The listeners that may want a message on ``resource_name``, in the order they were
@@ -198,6 +212,7 @@ class Registry:
                 queue or getattr(task, "queue", None) or LISTENER_QUEUE.format(name=listener_name)
             )
             self._by_resource.clear()
+            self._by_task.clear()
             self._listeners[listener_name] = Listener(
                 listener_name,
                 resources,

@@ -64,15 +64,11 @@ class WorkerMetrics:
             registry=registry,
         )
         self._started: dict[str, tuple[str, float]] = {}  # task id -> (listener, perf_counter)
-        self._listeners: dict[str, str] = {}  # task name -> listener name
-        self._known = -1  # how many listeners the registry had when _listeners was built
 
     def listener_of(self, registry: Registry, task_name: str | None) -> str | None:
         """The name of ``registry``'s listener whose task is ``task_name``, if any."""
-        if len(registry) != self._known:  # listeners registered since: look again
-            self._listeners = {listener.task.name: listener.name for listener in registry}
-            self._known = len(registry)
-        return self._listeners.get(task_name) if task_name is not None else None
+        listeners = registry.of_task(task_name)
+        return listeners[0].name if listeners else None
 
     def received(self, queue: str | None) -> None:
         """Count a message dispatch handles."""
